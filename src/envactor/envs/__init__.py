@@ -1,0 +1,1 @@
+"""Embedded tasks (gymnasium ids ``envactor/...``) and their scripted experts."""

@@ -1,0 +1,16 @@
+"""Built-in blocks; importing this package registers every one in ``COMPONENT_REGISTRY``."""
+
+from .conv import ConvImageEncoder
+from .flow import FlowVelocityMLP
+from .mlp import MLP
+from .time_embedding import SinusoidalTimeEmbedding
+from .transformer import ChunkTransformer, TransformerEncoder
+
+__all__ = [
+    "ChunkTransformer",
+    "ConvImageEncoder",
+    "FlowVelocityMLP",
+    "MLP",
+    "SinusoidalTimeEmbedding",
+    "TransformerEncoder",
+]

@@ -1,0 +1,467 @@
+"""Feature normalization with stats that travel with the policy, and one-pass stats from data.
+
+Modes (eps is applied in both directions, so ``unnormalize(normalize(x)) == x``):
+
+- ``mean_std``: ``(x - mean) / (std + eps)``
+- ``min_max``:  ``2 (x - min) / (max - min + eps) - 1``
+- ``quantile``: ``2 (x - q01) / (q99 - q01 + eps) - 1``
+- ``identity``: unchanged
+- ``image``:    ``x / 255`` (uint8 pixels to [0, 1] floats); inverse ``x * 255``
+
+A key without a mode is an error, never a silent pass-through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = [
+    "MODE_STATS",
+    "NormMode",
+    "Normalizer",
+    "NormalizerError",
+    "StatsAccumulator",
+    "compute_stats",
+]
+
+NormMode = Literal["mean_std", "min_max", "quantile", "identity", "image"]
+MODES: tuple[str, ...] = get_args(NormMode)
+MODE_STATS: dict[str, tuple[str, ...]] = {
+    "mean_std": ("mean", "std"),
+    "min_max": ("min", "max"),
+    "quantile": ("q01", "q99"),
+    "identity": (),
+    "image": (),
+}
+ALL_STATS = ("mean", "std", "min", "max", "q01", "q99")
+METADATA_KEY = "envactor.normalizer"
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+class NormalizerError(KeyError):
+    """Unknown key, missing or inconsistent stats, or a malformed stats file."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _as_float64(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise NormalizerError(f"{where}: expected finite numbers, found NaN or inf")
+    return arr
+
+
+class Normalizer:
+    """Per-key normalization for numpy arrays and torch tensors (same type out as in).
+
+    Args:
+        modes: mode per feature key, e.g. ``{"observation.state": "mean_std"}``.
+        stats: per key, the arrays its mode needs (extra stats are kept, so the mode can be
+            switched later); all arrays of one key share the feature shape.
+        eps: added to every denominator, in both directions.
+    """
+
+    def __init__(
+        self,
+        modes: Mapping[str, NormMode],
+        stats: Mapping[str, Mapping[str, Any]],
+        eps: float = 1e-8,
+    ) -> None:
+        self.eps = float(eps)
+        self._modes: dict[str, NormMode] = {}
+        self._stats: dict[str, dict[str, np.ndarray]] = {}
+        for key in stats:
+            if key not in modes:
+                raise NormalizerError(
+                    f"stats given for key {key!r} but no mode; known modes: {sorted(modes)}"
+                )
+        for key, mode in modes.items():
+            if mode not in MODES:
+                raise NormalizerError(
+                    f"key {key!r}: unknown mode {mode!r}; expected one of {MODES}"
+                )
+            self._modes[key] = mode
+            self._stats[key] = self._check_stats(key, mode, stats.get(key, {}))
+        # (center, scale, bias): normalize = (x - center) / scale + bias; identity has none
+        self._params: dict[str, tuple[np.ndarray, np.ndarray, float] | None] = {
+            k: self._affine(k) for k in self._modes
+        }
+        self._torch_cache: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, ...]]
+        self._torch_cache = {}
+
+    @staticmethod
+    def _check_stats(key: str, mode: str, given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, value in given.items():
+            if name not in ALL_STATS:
+                raise NormalizerError(f"key {key!r}: unknown stat {name!r}; expected {ALL_STATS}")
+            out[name] = _as_float64(value, f"key {key!r} stat {name!r}")
+        for name in MODE_STATS[mode]:
+            if name not in out:
+                raise NormalizerError(
+                    f"key {key!r} (mode {mode!r}) is missing stat {name!r}; "
+                    f"expected {list(MODE_STATS[mode])}, found {sorted(out)}"
+                )
+        shapes = {n: a.shape for n, a in out.items()}
+        if len(set(shapes.values())) > 1:
+            raise NormalizerError(f"key {key!r}: stats disagree on shape: {shapes}")
+        for lo, hi in (("min", "max"), ("q01", "q99")):
+            if lo in out and hi in out and np.any(out[hi] < out[lo]):
+                raise NormalizerError(f"key {key!r}: expected {hi} >= {lo} everywhere")
+        if "std" in out and np.any(out["std"] < 0):
+            raise NormalizerError(f"key {key!r}: expected std >= 0 everywhere")
+        return out
+
+    def _affine(self, key: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+        mode, s, eps = self._modes[key], self._stats[key], self.eps
+        if mode == "mean_std":
+            return s["mean"], s["std"] + eps, 0.0
+        if mode in ("min_max", "quantile"):
+            lo, hi = ("min", "max") if mode == "min_max" else ("q01", "q99")
+            return s[lo], (s[hi] - s[lo] + eps) / 2.0, -1.0
+        if mode == "image":
+            return np.zeros(()), np.full((), 255.0), 0.0
+        return None
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def keys(self) -> list[str]:
+        """Feature keys this normalizer knows."""
+        return list(self._modes)
+
+    @property
+    def modes(self) -> dict[str, NormMode]:
+        """Mode per key (a copy)."""
+        return dict(self._modes)
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """Float64 stats per key (copies)."""
+        return {k: {n: a.copy() for n, a in v.items()} for k, v in self._stats.items()}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._modes
+
+    def __repr__(self) -> str:
+        return f"Normalizer({self._modes}, eps={self.eps})"
+
+    def _require(self, key: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+        if key not in self._modes:
+            raise NormalizerError(
+                f"no normalization stats/mode for key {key!r}; known keys: {self.keys}"
+            )
+        return self._params[key]
+
+    # ----------------------------------------------------------------- apply
+    def normalize(self, key: str, x: ArrayT) -> ArrayT:
+        """Normalize ``x`` (shape ``(..., *feature_shape)``) for ``key``."""
+        return self._apply(key, x, inverse=False)
+
+    def unnormalize(self, key: str, x: ArrayT) -> ArrayT:
+        """Invert ``normalize`` for ``key``."""
+        return self._apply(key, x, inverse=True)
+
+    def normalize_batch(
+        self, batch: Mapping[str, Any], keys: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Normalize ``keys`` of ``batch`` (default: all; unknown keys are errors).
+
+        Keys of ``batch`` left out of an explicit ``keys`` pass through unchanged.
+        """
+        chosen = list(batch) if keys is None else list(keys)
+        absent = [k for k in chosen if k not in batch]
+        if absent:
+            raise NormalizerError(f"keys {absent} requested but not in the batch {list(batch)}")
+        out = dict(batch)
+        for k in chosen:
+            out[k] = self.normalize(k, batch[k])
+        return out
+
+    def _check_shape(self, key: str, shape: tuple[int, ...], center: np.ndarray) -> None:
+        n = center.ndim
+        if n and tuple(shape[len(shape) - n :]) != center.shape:
+            raise NormalizerError(
+                f"key {key!r}: expected trailing shape {center.shape} (stats shape), "
+                f"found input shape {tuple(shape)}"
+            )
+
+    def _apply(self, key: str, x: ArrayT, inverse: bool) -> ArrayT:
+        params = self._require(key)
+        if params is None:
+            return x
+        center, scale, bias = params
+        if isinstance(x, torch.Tensor):
+            self._check_shape(key, tuple(x.shape), center)
+            dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+            c, s = self._cached(key, x.device, dtype)
+            y = x.to(dtype)
+            out_t = (y - bias) * s + c if inverse else (y - c) / s + bias
+            return out_t.to(x.dtype) if x.dtype in _LOW_PRECISION else out_t
+        arr = np.asarray(x)
+        self._check_shape(key, arr.shape, center)
+        y64 = arr.astype(np.float64, copy=False)
+        out = (y64 - bias) * scale + center if inverse else (y64 - center) / scale + bias
+        out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float32)
+        return cast(ArrayT, out.astype(out_dtype, copy=False))
+
+    def _cached(
+        self, key: str, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, ...]:
+        entry = self._torch_cache.get((key, device, dtype))
+        if entry is None:
+            params = self._params[key]
+            assert params is not None
+            entry = tuple(
+                torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+                for a in params[:2]
+            )
+            self._torch_cache[(key, device, dtype)] = entry
+        return entry
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Stats as float64 tensors named ``"<key>/<stat>"``."""
+        return {
+            f"{key}/{name}": torch.from_numpy(np.ascontiguousarray(arr).copy())
+            for key, s in self._stats.items()
+            for name, arr in s.items()
+        }
+
+    def metadata(self) -> dict[str, str]:
+        """Safetensors metadata: modes and eps as one JSON string."""
+        return {METADATA_KEY: json.dumps({"format": 1, "modes": self._modes, "eps": self.eps})}
+
+    def save(self, path: str | Path) -> None:
+        """Write stats, modes and eps to one safetensors file."""
+        save_file(self.state_dict(), str(path), metadata=self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Normalizer:
+        """Read a file written by ``save``; anything malformed names the file."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error type, OSError, ValueError
+            raise NormalizerError(f"{path}: cannot read normalizer stats: {e}") from e
+        try:
+            return cls.from_tensors(tensors, meta)
+        except NormalizerError as e:
+            raise NormalizerError(f"{path}: {e}") from e
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+    ) -> Normalizer:
+        """Rebuild from ``state_dict()`` tensors and ``metadata()`` (strict)."""
+        if METADATA_KEY not in metadata:
+            raise NormalizerError(
+                f"expected metadata key {METADATA_KEY!r}, found {sorted(metadata)}"
+            )
+        try:
+            info = json.loads(metadata[METADATA_KEY])
+            modes, eps = info["modes"], float(info["eps"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise NormalizerError(f"malformed {METADATA_KEY!r} metadata: {e}") from e
+        stats: dict[str, dict[str, np.ndarray]] = {}
+        for name, t in tensors.items():
+            key, sep, stat = name.rpartition("/")
+            if not sep or key not in modes:
+                raise NormalizerError(
+                    f"tensor {name!r} is not '<key>/<stat>' for a known key {sorted(modes)}"
+                )
+            stats.setdefault(key, {})[stat] = t.detach().to("cpu").numpy()
+        return cls(modes, stats, eps=eps)
+
+
+class _Histogram:
+    """Per-element histograms whose range grows by merging whole bins (no data kept).
+
+    On growth the bin width is multiplied by an integer ``k`` and the origin moves by a whole
+    number of old bins, so every old bin falls entirely inside one new bin: counts stay exact.
+    ``k`` is the smallest that covers the data seen so far and the slack is split between both
+    ends, which keeps the width below ``2 * (max - min) / (num_bins - 2)``. A quantile read
+    from the histogram is within one bin width of the exact one.
+    """
+
+    def __init__(self, first: np.ndarray, num_bins: int) -> None:
+        self.n = num_bins
+        flat = first.reshape(first.shape[0], -1)
+        self.dmin, self.dmax = flat.min(axis=0), flat.max(axis=0)
+        floor = np.maximum(np.abs(self.dmin), np.abs(self.dmax)) * 1e-9 + 1e-12
+        self.lo = self.dmin.copy()
+        self.width = np.maximum(self.dmax - self.dmin, floor) / num_bins
+        self.counts = np.zeros((self.lo.size, num_bins), dtype=np.int64)
+        self.add(first)
+
+    def add(self, x: np.ndarray) -> None:
+        flat = x.reshape(x.shape[0], -1)
+        self._grow(flat.min(axis=0), flat.max(axis=0))
+        idx = np.clip(np.floor((flat - self.lo) / self.width), 0, self.n - 1).astype(np.int64)
+        idx += np.arange(flat.shape[1], dtype=np.int64) * self.n
+        self.counts += np.bincount(idx.ravel(), minlength=self.counts.size).reshape(
+            self.counts.shape
+        )
+
+    def _grow(self, new_lo: np.ndarray, new_hi: np.ndarray) -> None:
+        lo, w, n = self.lo, self.width, self.n
+        self.dmin, self.dmax = np.minimum(self.dmin, new_lo), np.maximum(self.dmax, new_hi)
+        if not ((new_lo < lo) | (new_hi > lo + n * w)).any():
+            return
+        # first/last occupied position in units of old bins (old bins outside are empty)
+        first = np.floor((self.dmin - lo) / w)
+        last = np.floor((self.dmax - lo) / w)
+        k = np.maximum(np.ceil((last - first + 1) / n), 1.0)
+        # new origin lo + a * w with first - a in [0, n k - (last - first + 1)]: centre the slack
+        a = first - np.floor((n * k - (last - first + 1)) / 2)
+        old = np.arange(n, dtype=np.float64)
+        dest = np.clip(np.floor((old[None, :] - a[:, None]) / k[:, None]), 0, n - 1)
+        flat_dest = (dest.astype(np.int64) + np.arange(w.size)[:, None] * n).ravel()
+        merged = np.bincount(flat_dest, weights=self.counts.ravel(), minlength=self.counts.size)
+        self.counts = np.rint(merged).astype(np.int64).reshape(self.counts.shape)
+        self.lo = lo + a * w
+        self.width = w * k
+
+    def order_stat(self, j: float) -> np.ndarray:
+        """Estimate the j-th smallest value (0-based) of every element."""
+        cum = np.cumsum(self.counts, axis=1)
+        b = np.argmax(cum > j, axis=1)
+        rows = np.arange(cum.shape[0])
+        in_bin = self.counts[rows, b]
+        before = cum[rows, b] - in_bin
+        frac = (j - before + 0.5) / np.maximum(in_bin, 1)
+        return cast(np.ndarray, self.lo + self.width * (b + np.clip(frac, 0.0, 1.0)))
+
+    def quantile(self, q: float, total: int) -> np.ndarray:
+        """Linear-interpolated quantile like ``np.quantile``, from the histogram."""
+        pos = q * (total - 1)
+        j0, j1 = np.floor(pos), np.ceil(pos)
+        return cast(
+            np.ndarray, self.order_stat(j0) * (1 - (pos - j0)) + self.order_stat(j1) * (pos - j0)
+        )
+
+
+class _Running:
+    """Count, mean, M2 (Chan/Welford merge, float64), min, max, and an optional histogram."""
+
+    def __init__(self, key: str, with_quantiles: bool, num_bins: int) -> None:
+        self.key, self.with_quantiles, self.num_bins = key, with_quantiles, num_bins
+        self.count = 0
+        self.shape: tuple[int, ...] | None = None
+        self.mean = self.m2 = self.min = self.max = np.zeros(())
+        self.hist: _Histogram | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise NormalizerError(
+                f"key {self.key!r}: expected shape (N, ...) with N > 0, found {x.shape}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise NormalizerError(f"key {self.key!r}: expected finite values, found NaN or inf")
+        if self.shape is not None and x.shape[1:] != self.shape:
+            raise NormalizerError(
+                f"key {self.key!r}: expected feature shape {self.shape}, found {x.shape[1:]}"
+            )
+        nb = x.shape[0]
+        mb = x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        if self.shape is None:
+            self.shape = x.shape[1:]
+            self.mean, self.m2 = mb, m2b
+            self.min, self.max = x.min(axis=0), x.max(axis=0)
+            if self.with_quantiles:
+                self.hist = _Histogram(x, self.num_bins)
+        else:
+            na, n = self.count, self.count + nb
+            delta = mb - self.mean
+            self.mean = self.mean + delta * (nb / n)
+            self.m2 = self.m2 + m2b + delta**2 * (na * nb / n)
+            self.min = np.minimum(self.min, x.min(axis=0))
+            self.max = np.maximum(self.max, x.max(axis=0))
+            if self.hist is not None:
+                self.hist.add(x)
+        self.count += nb
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.shape is not None
+        out = {
+            "mean": np.asarray(self.mean),
+            "std": np.sqrt(self.m2 / self.count),
+            "min": np.asarray(self.min),
+            "max": np.asarray(self.max),
+        }
+        if self.hist is not None:
+            for name, q in (("q01", 0.01), ("q99", 0.99)):
+                est = self.hist.quantile(q, self.count).reshape(self.shape)
+                out[name] = np.clip(est, self.min, self.max)
+        return out
+
+
+class StatsAccumulator:
+    """One pass over a dataset of any size: mean/std/min/max exactly, q01/q99 approximately.
+
+    Quantiles come from per-element histograms of ``num_bins`` bins whose range grows with the
+    data; the estimate is within one bin width of ``np.quantile`` (``bin_width(key)`` reports
+    it; it stays below ``2 * (max - min) / (num_bins - 2)``). Keys in mode ``image`` skip histograms
+    (one per pixel would be too large). Batch keys with no mode are ignored.
+    """
+
+    def __init__(
+        self, modes: Mapping[str, NormMode], *, num_bins: int = 2048, eps: float = 1e-8
+    ) -> None:
+        for key, mode in modes.items():
+            if mode not in MODES:
+                raise NormalizerError(
+                    f"key {key!r}: unknown mode {mode!r}; expected one of {MODES}"
+                )
+        self.modes = dict(modes)
+        self.eps = eps
+        self._acc = {k: _Running(k, m != "image", num_bins) for k, m in modes.items()}
+
+    def update(self, batch: Mapping[str, Any]) -> None:
+        """Add a batch of arrays shaped ``(N, *feature_shape)``; reduces over N."""
+        for key, value in batch.items():
+            if key in self._acc:
+                if isinstance(value, torch.Tensor):
+                    value = value.detach().cpu().numpy()
+                self._acc[key].update(np.asarray(value, dtype=np.float64))
+
+    def bin_width(self, key: str) -> np.ndarray:
+        """Current histogram bin width per element of ``key`` (the quantile error bound)."""
+        run = self._acc[key]
+        if run.hist is None or run.shape is None:
+            raise NormalizerError(f"key {key!r}: no quantile histogram (no data or image mode)")
+        return run.hist.width.reshape(run.shape).copy()
+
+    def finalize(self) -> Normalizer:
+        """The stats so far as a ``Normalizer``; every key must have seen data."""
+        empty = [k for k, r in self._acc.items() if r.count == 0]
+        if empty:
+            raise NormalizerError(f"keys {empty} received no data; batches had none of them")
+        return Normalizer(
+            cast(Mapping[str, NormMode], self.modes),
+            {k: r.result() for k, r in self._acc.items()},
+            eps=self.eps,
+        )
+
+
+def compute_stats(
+    batches: Iterable[Mapping[str, Any]], modes: Mapping[str, NormMode], *, num_bins: int = 2048
+) -> Normalizer:
+    """Stream ``batches`` through a ``StatsAccumulator`` and return the ``Normalizer``."""
+    acc = StatsAccumulator(modes, num_bins=num_bins)
+    for batch in batches:
+        acc.update(batch)
+    return acc.finalize()

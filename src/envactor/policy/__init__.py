@@ -1,0 +1,19 @@
+"""The policy contract (``Policy``), its specs, mode views and the builder."""
+
+from envactor.policy.base import Policy, PolicyError, check_policy_class
+from envactor.policy.boundary import ObservationError
+from envactor.policy.build import build_policy, save_policy
+from envactor.policy.specs import FeatureSpec, PolicyParams
+from envactor.registry import POLICY_REGISTRY
+
+__all__ = [
+    "POLICY_REGISTRY",
+    "FeatureSpec",
+    "ObservationError",
+    "Policy",
+    "PolicyError",
+    "PolicyParams",
+    "build_policy",
+    "check_policy_class",
+    "save_policy",
+]

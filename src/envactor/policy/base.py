@@ -1,0 +1,505 @@
+"""The one policy contract: protected hooks written per policy, public methods owned here.
+
+Subclasses implement ``_chunk`` (and ``_loss`` when trainable); optionally ``_guided_chunk``,
+``_explore`` and ``_reset``. The public methods of the three source protocols (the seed
+system's ``predict``/``guided_inference``, LeRobot's ``select_action``/``forward``/``reset``/
+``update`` and DI-engine's mode views) live here and may not be overridden, so every acting path
+gets ``eval()`` + ``inference_mode``, normalization and shape checks without each policy
+remembering them. Registration (``POLICY_REGISTRY.register``) enforces that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from envactor.chunking.masks import prefix_weights
+from envactor.normalize import Normalizer
+from envactor.policy.boundary import (
+    ObservationError,
+    batch_size_of,
+    dummy_observation,
+    to_numpy,
+    to_tensor,
+)
+from envactor.policy.ema import EmaShadow
+from envactor.policy.queues import ChunkQueues
+from envactor.policy.specs import FeatureSpec, PolicyParams
+from envactor.registry import POLICY_REGISTRY, RegistryError
+from envactor.weights import LoadReport, load_state_dict_into
+
+if TYPE_CHECKING:
+    from envactor.policy.modes import CollectMode, EvalMode, LearnMode
+
+ACTION_KEY = "action"
+EnvIds = Sequence[Hashable]
+Obs = Mapping[str, Any]
+
+
+class PolicyError(RuntimeError):
+    """A policy that broke its contract at run time (bad chunk shape, missing loss, ...)."""
+
+
+class Policy(nn.Module):
+    """Base class of every envactor policy. See the module docstring for the contract.
+
+    Args:
+        components: named ``nn.Module`` parts built from YAML; kept in ``self.components``.
+        normalizer: feature and action statistics (from the checkpoint).
+        **params: validated against ``Params`` (``policy.params`` in YAML).
+    """
+
+    Params: ClassVar[type[PolicyParams]] = PolicyParams
+    trainable: ClassVar[bool] = True
+    required_components: ClassVar[tuple[str, ...]] = ()
+    registered_name: ClassVar[str]
+
+    def __init__(
+        self,
+        components: Mapping[str, nn.Module] | None = None,
+        normalizer: Normalizer | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        self.params = self.Params.model_validate(params)
+        self.components = nn.ModuleDict(dict(components or {}))
+        missing = [c for c in self.required_components if c not in self.components]
+        if missing:
+            raise PolicyError(
+                f"policy {self.name!r} needs components {list(self.required_components)}; "
+                f"missing {missing} (got {list(self.components)})"
+            )
+        self.normalizer = normalizer
+        self.weight_version = 0
+        self.config: dict[str, Any] = {}
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self._ema: EmaShadow | None = None
+        self._queues = ChunkQueues()
+        self._rngs: dict[Hashable, torch.Generator] = {}
+
+    # ------------------------------------------------------------------ hooks (override these)
+    def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
+        """Normalized observations (B, ...) -> normalized action chunk (B, H, A)."""
+        raise NotImplementedError
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Normalized batch (observations, ``action`` (B, H, A), ...) -> ``{"loss": scalar}``."""
+        raise NotImplementedError(f"policy {self.name!r} is not trainable")
+
+    def _guided_chunk(
+        self,
+        obs: dict[str, torch.Tensor],
+        env_ids: EnvIds,
+        prefix: torch.Tensor,
+        weights: torch.Tensor,
+        beta: float,
+        *,
+        jacobian: str = "vjp",
+    ) -> torch.Tensor:
+        """A chunk conditioned on ``prefix`` (B, H, A) with mask ``weights`` (B, H).
+
+        The default is the post-hoc blend ``prefix * W + pred * (1 - W)``; flow policies override
+        it with true guided sampling.
+        """
+        pred = self._chunk(obs, env_ids)
+        w = weights.to(pred.dtype)[..., None]
+        return prefix * w + pred * (1.0 - w)
+
+    def _explore(self, chunk: torch.Tensor, env_ids: EnvIds) -> torch.Tensor:
+        """Collect-mode exploration on a normalized chunk (default: none)."""
+        return chunk
+
+    # ------------------------------------------------------------------ per-env randomness
+    def set_env_seeds(self, seeds: Mapping[Hashable, int]) -> None:
+        """Seed the noise of each env id (e.g. per episode), so results do not depend on batching."""
+        for env, seed in seeds.items():
+            gen = torch.Generator()
+            gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+            self._rngs[env] = gen
+
+    def _randn(self, env_ids: EnvIds, *shape: int) -> torch.Tensor:
+        """Standard normal noise ``(B, *shape)``: row b drawn from env ``env_ids[b]``'s generator.
+
+        Envs never seeded draw from the global torch RNG.
+        """
+        rows = []
+        for env in env_ids:
+            gen = self._rngs.get(env)
+            rows.append(torch.randn(shape, generator=gen))
+        if not rows:
+            return torch.empty((0, *shape), device=self.device)
+        return torch.stack(rows).to(self.device)
+
+    def _reset(self, env_ids: EnvIds | None) -> None:
+        """Clear per-env state of ``env_ids`` (all when None)."""
+
+    # ------------------------------------------------------------------ specs and state
+    @property
+    def name(self) -> str:
+        """The registered name of this policy class."""
+        return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+    @property
+    def input_features(self) -> dict[str, FeatureSpec]:
+        """Declared observation features (key -> shape, dtype, norm)."""
+        return self.params.input_features
+
+    @property
+    def action_shape(self) -> tuple[int, int]:
+        """Shape of one env's chunk, ``(H, A)``."""
+        return (self.params.horizon, self.params.action_dim)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the policy's tensors live on."""
+        return self._device_anchor.device
+
+    @classmethod
+    def can_guide(cls) -> bool:
+        """True when the class implements its own guided (conditioned) sampling."""
+        return cls._guided_chunk is not Policy._guided_chunk
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Policy:
+        super()._apply(fn, recurse)
+        if self._ema is not None:
+            self._ema.refresh()
+        return self
+
+    # ------------------------------------------------------------------ mode switching
+    @contextmanager
+    def _acting(self, inference: bool = True) -> Iterator[None]:
+        """eval() + acting weights + inference_mode (``no_grad`` when ``inference`` is False:
+        guided sampling backpropagates through the network, which inference tensors forbid)."""
+        # Check the root flag only: walking every module each call is what made one anchor's
+        # select_action spend 200 ms in eval().
+        if self.training:
+            self.eval()
+        if self._ema is not None:
+            self._ema.use("ema")
+        with torch.inference_mode() if inference else torch.no_grad():
+            yield
+
+    def _learning(self) -> None:
+        if not self.training:
+            self.train()
+        if self._ema is not None:
+            self._ema.use("train")
+
+    def _normalizer(self, override: Normalizer | None) -> Normalizer:
+        norm = override if override is not None else self.normalizer
+        if norm is None:
+            modes = {k: s.norm for k, s in self.input_features.items()}
+            modes[ACTION_KEY] = self.params.action_norm
+            if all(m in ("identity", "image") for m in modes.values()):
+                norm = Normalizer(modes, {})
+                self.normalizer = norm
+            else:
+                raise PolicyError(
+                    f"policy {self.name!r} has no normalizer stats but its features need them "
+                    f"({modes}); build it from a checkpoint or set policy.normalizer"
+                )
+        return norm
+
+    def _prepare(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
+        batch = batch_size_of(obs, self.input_features)
+        dev = self.device
+        out = {}
+        for key, spec in self.input_features.items():
+            out[key] = norm.normalize(key, to_tensor(key, obs[key], spec, dev))
+        return out, batch
+
+    def _checked(self, chunk: Any, batch: int, hook: str) -> torch.Tensor:
+        want = (batch, *self.action_shape)
+        if not isinstance(chunk, torch.Tensor) or tuple(chunk.shape) != want:
+            got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+            raise PolicyError(f"policy {self.name!r}: {hook} must return shape {want}, got {got}")
+        return chunk
+
+    @staticmethod
+    def _ids(env_ids: EnvIds | None, batch: int) -> list[Hashable]:
+        if env_ids is None:
+            return list(range(batch))
+        ids = list(env_ids)
+        if len(ids) != batch:
+            raise ObservationError(f"got {len(ids)} env ids for a batch of {batch}")
+        return ids
+
+    # ------------------------------------------------------------------ seed-system contract
+    def predict(
+        self,
+        obs: Obs,
+        normalizer: Normalizer | None = None,
+        *,
+        env_ids: EnvIds | None = None,
+        explore: bool = False,
+    ) -> np.ndarray:
+        """Batched observations -> action chunks ``(B, H, A)`` in action units (float32).
+
+        ``env_ids`` name the rows (per-env state and noise); ``explore`` applies ``_explore``.
+        """
+        return self._predict(obs, normalizer, env_ids, explore=explore)
+
+    def _predict(
+        self, obs: Obs, normalizer: Normalizer | None, env_ids: EnvIds | None, explore: bool
+    ) -> np.ndarray:
+        norm = self._normalizer(normalizer)
+        with self._acting():
+            obs_t, batch = self._prepare(obs, norm)
+            chunk = self._checked(self._chunk(obs_t, self._ids(env_ids, batch)), batch, "_chunk")
+            if explore:
+                ids = self._ids(env_ids, batch)
+                chunk = self._checked(self._explore(chunk, ids), batch, "_explore")
+            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+
+    def guided_inference(
+        self,
+        obs: Obs,
+        normalizer: Normalizer | None = None,
+        min_num_actions_executed: int | None = None,
+        action_chunk_size: int | None = None,
+        *,
+        prev_chunk: np.ndarray | Sequence[np.ndarray] | None = None,
+        delay: int | Sequence[int] = 0,
+        env_ids: EnvIds | None = None,
+        method: Literal["auto", "blend"] = "auto",
+        schedule: str = "exp",
+        max_guidance_weight: float = 5.0,
+        jacobian: Literal["vjp", "identity"] = "vjp",
+    ) -> np.ndarray:
+        """A new chunk ``(B, H, A)`` that continues ``prev_chunk`` smoothly.
+
+        ``prev_chunk`` is the unexecuted remainder of each env's previous chunk (``(B, L, A)`` or
+        B arrays ``(L_b, A)``), index 0 = the next action to run. ``delay`` is d (per env or one
+        for all): the first d actions will run before the new chunk arrives and are frozen.
+        ``min_num_actions_executed`` is s (default ``H - L_b``). ``method="auto"`` uses the
+        policy's guided sampling when it has one (true RTC), else the post-hoc blend.
+        """
+        horizon = self.params.horizon
+        if action_chunk_size is not None and action_chunk_size != horizon:
+            raise ValueError(f"action_chunk_size must be the policy's H={horizon}, got {action_chunk_size}")
+        if prev_chunk is None:
+            return self.predict(obs, normalizer, env_ids=env_ids)
+        norm = self._normalizer(normalizer)
+        guided = method == "auto" and self.can_guide()
+        with self._acting(inference=not guided):
+            obs_t, batch = self._prepare(obs, norm)
+            prefix, weights = self._prefix(prev_chunk, batch, delay, min_num_actions_executed, schedule, norm)
+            ids = self._ids(env_ids, batch)
+            if method not in ("auto", "blend"):
+                raise ValueError(f"method must be 'auto' or 'blend', got {method!r}")
+            if not guided:
+                chunk = Policy._guided_chunk(self, obs_t, ids, prefix, weights, max_guidance_weight)
+            else:
+                chunk = self._guided_chunk(
+                    obs_t, ids, prefix, weights, max_guidance_weight, jacobian=jacobian
+                )
+            chunk = self._checked(chunk, batch, "_guided_chunk")
+            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+
+    def _prefix(
+        self,
+        prev_chunk: np.ndarray | Sequence[np.ndarray],
+        batch: int,
+        delay: int | Sequence[int],
+        s: int | None,
+        schedule: str,
+        norm: Normalizer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        horizon, adim = self.action_shape
+        rows = list(prev_chunk)
+        if len(rows) != batch:
+            raise ObservationError(f"prev_chunk has {len(rows)} rows for a batch of {batch}")
+        delays = [int(delay)] * batch if np.isscalar(delay) else [int(x) for x in delay]  # type: ignore[arg-type]
+        if len(delays) != batch:
+            raise ObservationError(f"got {len(delays)} delays for a batch of {batch}")
+        prefix = np.zeros((batch, horizon, adim), dtype=np.float32)
+        weights = np.zeros((batch, horizon), dtype=np.float32)
+        for b, row in enumerate(rows):
+            row = np.asarray(row, dtype=np.float32)
+            if row.ndim != 2 or row.shape[1] != adim or row.shape[0] > horizon:
+                raise ObservationError(
+                    f"prev_chunk[{b}]: expected shape (L<={horizon}, {adim}), got {row.shape}"
+                )
+            n = row.shape[0]
+            prefix[b, :n] = row
+            if n:
+                prefix[b, n:] = row[-1]  # pad with the last action; its weight is 0 anyway
+            s_b = horizon - n if s is None else s
+            weights[b] = prefix_weights(min(delays[b], n), min(s_b, horizon), horizon, schedule)
+            weights[b, n:] = 0.0
+        dev = self.device
+        prefix_t = norm.normalize(ACTION_KEY, torch.from_numpy(prefix).to(dev))
+        return prefix_t, torch.from_numpy(weights).to(dev)
+
+    def warmup(self, batch_size: int = 1) -> None:
+        """Dummy forward passes (plain and guided) from the declared input spec."""
+        ids = list(range(batch_size))
+        for guided in (False, True) if self.can_guide() else (False,):
+            with self._acting(inference=not guided):
+                obs_t = {
+                    k: to_tensor(k, v, self.input_features[k], self.device).float()
+                    for k, v in dummy_observation(self.input_features, batch_size).items()
+                }
+                if not guided:
+                    self._checked(self._chunk(obs_t, ids), batch_size, "_chunk")
+                    continue
+                zeros = torch.zeros(batch_size, *self.action_shape, device=self.device)
+                weights = torch.zeros(batch_size, self.params.horizon, device=self.device)
+                chunk = self._guided_chunk(obs_t, ids, zeros, weights, 5.0)
+                self._checked(chunk, batch_size, "_guided_chunk")
+
+    def freeze_all_model_params(self) -> None:
+        """Stop gradients to every parameter (acting-only deployments)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ LeRobot-style contract
+    def reset(self, env_ids: EnvIds | None = None) -> None:
+        """Clear pending actions and per-env state of ``env_ids`` (all envs when None)."""
+        self._queues.reset(env_ids)
+        self._reset(None if env_ids is None else list(env_ids))
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Learn mode: a normalized batch through ``_loss``; returns ``{"loss": ..., ...}``."""
+        if not self.trainable:
+            raise PolicyError(f"policy {self.name!r} is not trainable")
+        self._learning()
+        norm = self._normalizer(None)
+        obs_t, n = self._prepare(batch, norm)
+        if ACTION_KEY not in batch:
+            raise ObservationError(f"a training batch needs key {ACTION_KEY!r}; got {sorted(batch)}")
+        action = torch.as_tensor(batch[ACTION_KEY], dtype=torch.float32).to(self.device)
+        if tuple(action.shape) != (n, *self.action_shape):
+            raise ObservationError(
+                f"batch['action']: expected shape {(n, *self.action_shape)}, got {tuple(action.shape)}"
+            )
+        obs_t[ACTION_KEY] = norm.normalize(ACTION_KEY, action)
+        for key, value in batch.items():
+            if key not in obs_t and isinstance(value, np.ndarray | torch.Tensor):
+                obs_t[key] = torch.as_tensor(value).to(self.device)
+        out = self._loss(obs_t)
+        if not isinstance(out, dict) or "loss" not in out:
+            raise PolicyError(f"policy {self.name!r}: _loss must return a dict with key 'loss'")
+        return out
+
+    def select_action(self, batch: Obs, *, env_ids: EnvIds | None = None) -> np.ndarray:
+        """One action per row ``(B, A)``; each env replans only when its own queue is empty."""
+        return self._act_from_queues(batch, env_ids, self._queues, explore=False)
+
+    def _act_from_queues(
+        self, batch: Obs, env_ids: EnvIds | None, queues: ChunkQueues, explore: bool
+    ) -> np.ndarray:
+        n = batch_size_of(batch, self.input_features)
+        ids = self._ids(env_ids, n)
+        rows = [i for i, e in enumerate(ids) if queues.needs_chunk(e)]
+        if rows:
+            sub = {k: batch[k][rows] if len(rows) < n else batch[k] for k in self.input_features}
+            chunks = self._predict(sub, None, [ids[i] for i in rows], explore)
+            s = self.params.n_action_steps
+            for j, i in enumerate(rows):
+                queues.push(ids[i], chunks[j, :s])
+        return np.stack([queues.pop(e) for e in ids])
+
+    def update(self) -> None:
+        """One EMA step of the weights (no-op unless ``ema_decay`` is set)."""
+        decay = self.params.ema_decay
+        if decay is None:
+            return
+        if self._ema is None:
+            self._ema = EmaShadow(self.components, decay)
+        self._ema.step()
+
+    # ------------------------------------------------------------------ weights
+    def acting_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-component CPU state dicts of the weights used for acting (EMA when enabled)."""
+        if self._ema is not None:
+            self._ema.use("ema")
+        return {
+            name: {k: v.detach().cpu().clone() for k, v in mod.state_dict().items()}
+            for name, mod in self.components.items()
+        }
+
+    def load_weights(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        version: int | None = None,
+        name_map: Mapping[str, str] | None = None,
+        strict: bool = True,
+    ) -> LoadReport:
+        """Copy ``<component>.<tensor>`` weights into the components in place; set the version."""
+        if self._ema is not None:
+            self._ema.use("train")
+        report = load_state_dict_into(self.components, state_dict, strict=strict, name_map=name_map)
+        if self._ema is not None:
+            self._ema.reset_to_live()
+        if version is not None:
+            self.weight_version = int(version)
+        return report
+
+    # ------------------------------------------------------------------ DI-engine-style views
+    @cached_property
+    def learn_mode(self) -> LearnMode:
+        """Training view: ``forward(batch)`` runs one optimization step."""
+        from envactor.policy.modes import LearnMode
+
+        return LearnMode(self)
+
+    @cached_property
+    def collect_mode(self) -> CollectMode:
+        """Exploring view: ``forward({env_id: obs}) -> {env_id: action}``."""
+        from envactor.policy.modes import CollectMode
+
+        return CollectMode(self)
+
+    @cached_property
+    def eval_mode(self) -> EvalMode:
+        """Deterministic view: ``forward({env_id: obs}) -> {env_id: action}``."""
+        from envactor.policy.modes import EvalMode
+
+        return EvalMode(self)
+
+
+PUBLIC_METHODS = frozenset(
+    {
+        "predict", "guided_inference", "warmup", "freeze_all_model_params", "reset", "forward",
+        "select_action", "update", "learn_mode", "collect_mode", "eval_mode", "load_weights",
+        "acting_state_dict", "set_env_seeds", "name", "input_features", "action_shape", "device", "can_guide",
+        "_acting", "_learning", "_predict", "_prepare", "_act_from_queues",
+    }
+)  # fmt: skip
+
+
+def check_policy_class(name: str, cls: Any) -> None:
+    """Registry validator: a policy subclasses ``Policy``, keeps its public methods, has hooks."""
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise RegistryError(f"policy {name!r}: expected a subclass of envactor.Policy, got {cls!r}")
+    where = f"policy {name!r} ({cls.__module__}.{cls.__qualname__})"
+    for klass in cls.__mro__:
+        if klass is Policy:
+            break
+        bad = sorted(PUBLIC_METHODS & set(vars(klass)))
+        if bad:
+            raise RegistryError(
+                f"{where} overrides public method(s) {bad} of envactor.Policy (defined in "
+                f"{klass.__qualname__}); implement the hooks _chunk/_loss/_guided_chunk/_explore/"
+                f"_reset instead"
+            )
+    required = ["_chunk"] + (["_loss"] if cls.trainable else [])
+    missing = [h for h in required if getattr(cls, h) is getattr(Policy, h)]
+    if missing:
+        raise RegistryError(
+            f"{where} is missing required hook(s) {missing}"
+            + (" (set trainable = False for a policy with no loss)" if "_loss" in missing else "")
+        )
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, PolicyParams)):
+        raise RegistryError(f"{where}: Params must subclass envactor.policy.PolicyParams")
+
+
+POLICY_REGISTRY.validator = check_policy_class

@@ -1,0 +1,109 @@
+"""Build a policy from YAML or a checkpoint directory, and save one as a checkpoint.
+
+    YAML --load_policy_config--> components (nn factory) + Normalizer (checkpoint) --> Policy class
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envactor.checkpoint import load_checkpoint, load_components_strict, save_checkpoint
+from envactor.config import ConfigError, load_policy_config, validate
+from envactor.nn import build_components
+from envactor.policy.base import Policy
+from envactor.registry import POLICY_REGISTRY, RegistryError
+
+POLICY_YAML = "policy.yaml"
+META_JSON = "meta.json"
+
+
+def packaged_config(name: str) -> Path:
+    """The default YAML shipped with policy ``name`` (``policies/<name>/configs/policy.yaml``)."""
+    cls = POLICY_REGISTRY.get(name)
+    module = __import__(cls.__module__, fromlist=["__file__"])
+    base = Path(module.__file__ or "").parent
+    for cand in (base / "configs" / POLICY_YAML, base.parent / "configs" / POLICY_YAML):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"policy {name!r} ships no configs/{POLICY_YAML} next to {base}")
+
+
+def resolve_source(path_or_dir: str | Path) -> tuple[Path, Path | None]:
+    """(YAML file, checkpoint dir or None) for a YAML path, a checkpoint dir or a policy name."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        yaml_file = p / POLICY_YAML
+        if not yaml_file.is_file():
+            raise FileNotFoundError(f"{p} is a directory without {POLICY_YAML}")
+        return yaml_file, (p if (p / META_JSON).is_file() else None)
+    if p.is_file():
+        return p, None
+    if isinstance(path_or_dir, str) and path_or_dir.isidentifier():
+        try:
+            return packaged_config(path_or_dir), None
+        except RegistryError:
+            pass
+    raise FileNotFoundError(
+        f"no policy YAML, checkpoint directory or registered policy name at {str(path_or_dir)!r}"
+    )
+
+
+def build_policy(
+    path_or_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    overrides: Sequence[str] = (),
+) -> Policy:
+    """YAML file, checkpoint directory or registered name -> a ready policy on ``device``.
+
+    ``checkpoint`` (or the YAML's ``checkpoint:`` key, or the directory itself when it is a
+    checkpoint) supplies weights, normalizer stats and the weight version; loading is strict.
+    ``overrides`` are dotted ``key=value`` strings applied on top of the YAML.
+    """
+    yaml_file, ckpt_dir = resolve_source(path_or_dir)
+    cfg = load_policy_config(yaml_file, overrides)
+    try:
+        cls = POLICY_REGISTRY.get(cfg.policy_type)
+    except RegistryError as exc:
+        line = cfg.composed.sources.get("policy.type")
+        where = f"{line[0]}:{line[1]}" if line and line[1] else str(yaml_file)
+        raise ConfigError(f"{where}: policy.type: {exc}") from None
+    params = validate(cfg.composed, cls.Params, at="policy.params")
+    components = build_components(cfg.components, cfg.component_sources)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else (cfg.checkpoint or ckpt_dir)
+    normalizer = None
+    meta: dict[str, Any] = {}
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        load_components_strict(ckpt, components)
+        normalizer = ckpt.normalizer
+        meta = ckpt.meta
+    policy = cls(components, normalizer, **params.model_dump())
+    policy.config = cfg.resolved_dict()
+    policy.weight_version = int(meta.get("weight_version", 0))
+    return policy.to(device)
+
+
+def save_policy(
+    policy: Policy, path: str | Path, *, step: int = 0, extra_meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``policy`` (acting weights, stats, resolved config) as a checkpoint directory."""
+    if not policy.config:
+        raise ValueError(
+            f"policy {policy.name!r} has no resolved config; build it with build_policy() "
+            "or set policy.config to the dict it was built from"
+        )
+    return save_checkpoint(
+        path,
+        config=policy.config,
+        components=policy.acting_state_dict(),
+        normalizer=policy.normalizer,
+        step=step,
+        weight_version=policy.weight_version,
+        extra_meta=extra_meta,
+    )

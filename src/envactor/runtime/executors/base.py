@@ -1,0 +1,165 @@
+"""Chunk executors: how a stream of predicted chunks becomes one action per env per step.
+
+One executor instance serves many envs and keeps its state per env id. Every ``act`` call is one
+control step: envs whose chunk is due ask for a new one and exactly those envs go to the policy
+in ONE batched call (envs that reset at different times replan at different times).
+
+Simulated inference delay (REFERENCE.md section 1, d): a chunk requested at local step t from
+the observation at t becomes usable at step t + d, and the env keeps stepping meanwhile (what
+it executes while waiting is the strategy's business). The first chunk of an episode is
+available at once: a robot waits at rest for its first plan; the delay applies to every replan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from envactor.policy.base import Policy
+from envactor.policy.modes import stack_observations
+from envactor.registry import Registry
+
+EnvId = Hashable
+
+EXECUTORS: Registry[type[ChunkExecutor]] = Registry("executor")
+
+
+@dataclass
+class Pending:
+    """A chunk in flight: usable from local step ``ready`` on; predicted at step ``t0``."""
+
+    ready: int
+    t0: int
+    chunk: np.ndarray
+
+
+@dataclass
+class EnvState:
+    """Per-env execution state. ``idx`` is the index into ``chunk`` of the next action."""
+
+    t: int = 0
+    chunk: np.ndarray | None = None
+    chunk_t0: int = 0
+    idx: int = 0
+    pending: list[Pending] = field(default_factory=list)
+    last_action: np.ndarray | None = None
+    held_steps: int = 0
+    requests: int = 0
+    live: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (t0, chunk), ensembles
+
+
+class ChunkExecutor:
+    """Base class; subclasses decide when to ask, how to ask and what to execute.
+
+    Args:
+        policy: the policy that predicts ``(B, H, A)`` chunks.
+        delay: simulated inference delay d in control steps.
+        n_action_steps: s, actions executed from a chunk before the next one is requested
+            (default: the policy's).
+        explore: use the policy's exploration (collect mode) for plain requests.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        delay: int = 0,
+        n_action_steps: int | None = None,
+        explore: bool = False,
+    ) -> None:
+        horizon = policy.params.horizon
+        s = policy.params.n_action_steps if n_action_steps is None else int(n_action_steps)
+        if not isinstance(delay, int | np.integer) or delay < 0:
+            raise ValueError(f"delay must be an integer >= 0 (control steps), got {delay!r}")
+        if not 1 <= s <= horizon:
+            raise ValueError(f"n_action_steps s must be in [1, H={horizon}], got {s}")
+        self.policy = policy
+        self.delay = int(delay)
+        self.s = s
+        self.horizon = horizon
+        self.explore = explore
+        self._envs: dict[EnvId, EnvState] = {}
+
+    # ------------------------------------------------------------------ public
+    def act(self, obs: Mapping[EnvId, Mapping[str, Any]]) -> dict[EnvId, np.ndarray]:
+        """``{env_id: obs}`` -> ``{env_id: action}`` for one control step of each env."""
+        states = {e: self._envs.setdefault(e, EnvState()) for e in obs}
+        for st in states.values():
+            self._deliver(st)
+        asking = [e for e, st in states.items() if self._wants(st)]
+        if asking:
+            chunks = self._request(asking, {e: obs[e] for e in asking}, states)
+            for e, chunk in zip(asking, chunks):
+                st = states[e]
+                first = st.chunk is None and not st.pending
+                st.pending.append(Pending(st.t + (0 if first else self.delay), st.t, chunk))
+                st.requests += 1
+                self._deliver(st)
+        out = {}
+        for e, st in states.items():
+            action = self._next_action(st)
+            if action is None:  # nothing to execute: zero-order hold of the last command
+                st.held_steps += 1
+                action = st.last_action if st.last_action is not None else self._rest_action()
+            st.last_action = action
+            st.t += 1
+            out[e] = action
+        return out
+
+    def reset(self, env_ids: Sequence[EnvId] | None = None) -> None:
+        """Forget the state of ``env_ids`` only (all when None), policy per-env state included."""
+        if env_ids is None:
+            self._envs.clear()
+        else:
+            for e in env_ids:
+                self._envs.pop(e, None)
+        self.policy.reset(env_ids)
+
+    def episode_stats(self, env_id: EnvId) -> dict[str, int]:
+        """Counters of the env's current episode: held steps and chunk requests."""
+        st = self._envs.get(env_id, EnvState())
+        return {"held_steps": st.held_steps, "requests": st.requests}
+
+    # ------------------------------------------------------------------ strategy hooks
+    def _wants(self, st: EnvState) -> bool:
+        """Ask for a chunk now? Default: none in flight, and none yet or s actions executed."""
+        return not st.pending and (st.chunk is None or st.idx >= self.s)
+
+    def _request(
+        self, env_ids: list[EnvId], obs: Mapping[EnvId, Mapping[str, Any]], states: Mapping[EnvId, EnvState]
+    ) -> np.ndarray:
+        """One batched policy call for ``env_ids``; returns their chunks ``(B, H, A)``."""
+        ids, batch = stack_observations(obs, list(self.policy.input_features))
+        return self.policy.predict(batch, env_ids=ids, explore=self.explore)
+
+    def _deliver(self, st: EnvState) -> None:
+        """Install pending chunks whose time has come (default: newest wins, stale skipped)."""
+        while st.pending and st.pending[0].ready <= st.t:
+            p = st.pending.pop(0)
+            st.chunk, st.chunk_t0 = p.chunk, p.t0
+            st.idx = self._start_index(st, p)
+
+    def _start_index(self, st: EnvState, p: Pending) -> int:
+        """Index of the new chunk to execute first when it is installed at step ``st.t``."""
+        return st.t - p.t0
+
+    def _next_action(self, st: EnvState) -> np.ndarray | None:
+        """The action to run at this step, or None to hold the last one."""
+        if st.chunk is None or st.idx >= self.horizon:
+            return None
+        a = st.chunk[st.idx]
+        st.idx += 1
+        return a
+
+    def _rest_action(self) -> np.ndarray:
+        return np.zeros(self.policy.params.action_dim, dtype=np.float32)
+
+
+def make_executor(name: str, policy: Policy, **kwargs: Any) -> ChunkExecutor:
+    """Build the executor registered as ``name`` (``EXECUTORS.names()`` lists them)."""
+    return EXECUTORS.get(name)(policy, **kwargs)

@@ -1,0 +1,26 @@
+"""Synchronous receding horizon: predict H, execute s, then wait for the next chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envactor.runtime.executors.base import EXECUTORS, ChunkExecutor, EnvState, Pending
+
+
+@EXECUTORS.register("sync")
+class SyncExecutor(ChunkExecutor):
+    """Execute s actions of each chunk; while a replan is in flight (d steps) the world keeps
+    going with the last action held (zero-order hold, counted in ``held_steps``); the chunk
+    then runs from its first action, computed from the observation d steps old."""
+
+    name = "sync"
+
+    def _start_index(self, st: EnvState, p: Pending) -> int:
+        return 0
+
+    def _next_action(self, st: EnvState) -> np.ndarray | None:
+        if st.pending or st.chunk is None or st.idx >= self.s:
+            return None
+        a = st.chunk[st.idx]
+        st.idx += 1
+        return a

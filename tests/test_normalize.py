@@ -1,0 +1,228 @@
+"""Normalizer modes against hand-computed numbers, round trips, streaming stats, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from envactor.normalize import (
+    Normalizer,
+    NormalizerError,
+    StatsAccumulator,
+    compute_stats,
+)
+
+MODES_ALL = {
+    "s": "mean_std",
+    "m": "min_max",
+    "q": "quantile",
+    "i": "identity",
+    "img": "image",
+}
+STATS_ALL = {
+    "s": {"mean": [2.0, -1.0], "std": [0.5, 4.0]},
+    "m": {"min": [0.0, -3.0], "max": [4.0, 1.0]},
+    "q": {"q01": [-2.0, 0.0], "q99": [6.0, 0.5]},
+}
+
+
+def make_all() -> Normalizer:
+    return Normalizer(MODES_ALL, STATS_ALL)  # type: ignore[arg-type]
+
+
+def test_mean_std_from_data_hand_computed() -> None:
+    norm = compute_stats([{"x": np.array([[1.0], [2.0], [3.0]])}], {"x": "mean_std"})
+    assert norm.stats["x"]["mean"] == pytest.approx([2.0], abs=1e-12)
+    assert norm.stats["x"]["std"] == pytest.approx([0.816496580927726], abs=1e-12)  # sqrt(2/3)
+    out = norm.normalize("x", np.array([[1.0], [2.0], [3.0]], dtype=np.float32))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.ravel(), [-1.2247448714, 0.0, 1.2247448714], atol=1e-6)
+    # inverse with eps: 1 * (0.8164965809 + 1e-8) + 2
+    assert norm.unnormalize("x", np.array([1.0]))[0] == pytest.approx(2.8164965909, abs=1e-9)
+
+
+def test_every_mode_hand_computed() -> None:
+    n = make_all()
+    np.testing.assert_allclose(n.normalize("s", np.array([3.0, 7.0])), [2.0, 2.0], atol=1e-7)
+    # min_max: 2 * (x - min) / (max - min) - 1
+    np.testing.assert_allclose(n.normalize("m", np.array([1.0, 1.0])), [-0.5, 1.0], atol=1e-7)
+    np.testing.assert_allclose(n.normalize("m", np.array([0.0, -3.0])), [-1.0, -1.0], atol=1e-7)
+    np.testing.assert_allclose(n.unnormalize("m", np.array([0.5, 0.0])), [3.0, -1.0], atol=1e-7)
+    # quantile: not clipped outside [q01, q99]
+    np.testing.assert_allclose(n.normalize("q", np.array([2.0, 0.25])), [0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(n.normalize("q", np.array([10.0, 1.0])), [2.0, 3.0], atol=1e-6)
+    x = np.array([5.0, -7.0])
+    assert n.normalize("i", x) is x
+    img = n.normalize("img", np.array([0, 51, 255], dtype=np.uint8))
+    assert img.dtype == np.float32
+    np.testing.assert_allclose(img, [0.0, 0.2, 1.0], atol=1e-7)
+    np.testing.assert_allclose(n.unnormalize("img", np.array([0.2], np.float32)), [51.0], atol=1e-4)
+    timg = n.normalize("img", torch.tensor([0, 51, 255], dtype=torch.uint8))
+    assert timg.dtype == torch.float32
+    torch.testing.assert_close(timg, torch.tensor([0.0, 0.2, 1.0]))
+
+
+def test_eps_applied_both_ways() -> None:
+    n = Normalizer({"c": "mean_std"}, {"c": {"mean": [1.0], "std": [0.0]}}, eps=1e-3)
+    assert n.normalize("c", np.array([1.001]))[0] == pytest.approx(1.0, abs=1e-9)
+    assert n.unnormalize("c", np.array([1.0]))[0] == pytest.approx(1.001, abs=1e-12)
+
+
+@pytest.mark.parametrize("key", list(MODES_ALL))
+def test_round_trip_numpy_and_torch(key: str) -> None:
+    n = make_all()
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 5, 2)) * 3 + 1).astype(np.float32)
+    if key == "img":
+        x = rng.uniform(0, 255, size=(4, 5, 2)).astype(np.float32)
+    back = n.unnormalize(key, n.normalize(key, x))
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, x, rtol=1e-6, atol=1e-6)
+    xt = torch.from_numpy(x)
+    back_t = n.unnormalize(key, n.normalize(key, xt))
+    assert back_t.dtype == torch.float32
+    np.testing.assert_allclose(back_t.numpy(), x, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_matches_numpy_and_caches_stats() -> None:
+    n = make_all()
+    x = np.array([[3.0, 7.0], [2.0, -1.0]], dtype=np.float32)
+    ref = n.normalize("s", x)
+    out = n.normalize("s", torch.from_numpy(x))
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-6)
+    first = dict(n._torch_cache)
+    n.normalize("s", torch.from_numpy(x))
+    n.unnormalize("s", torch.from_numpy(x))
+    assert len(n._torch_cache) == 1
+    assert all(
+        a is b for a, b in zip(first[next(iter(first))], next(iter(n._torch_cache.values())))
+    )
+
+
+def test_torch_bfloat16() -> None:
+    n = make_all()
+    x = torch.tensor([[3.0, 7.0], [2.5, -1.0]], dtype=torch.bfloat16)
+    out = n.normalize("s", x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), torch.tensor([[2.0, 2.0], [1.0, 0.0]]))
+    back = n.unnormalize("s", out)
+    assert back.dtype == torch.bfloat16
+    torch.testing.assert_close(back, x)
+
+
+def test_unknown_key_is_an_error_naming_known_keys() -> None:
+    n = make_all()
+    with pytest.raises(NormalizerError, match=r"'observation.wrist'.*known keys: \['s', 'm'"):
+        n.normalize("observation.wrist", np.zeros(2))
+    with pytest.raises(KeyError):
+        n.unnormalize("nope", torch.zeros(2))
+    assert "s" in n and "nope" not in n
+    assert n.keys == ["s", "m", "q", "i", "img"]
+    assert n.modes["q"] == "quantile"
+
+
+def test_normalize_batch() -> None:
+    n = make_all()
+    batch = {"s": np.array([3.0, 7.0]), "m": np.array([1.0, 1.0]), "task": "pick"}
+    with pytest.raises(NormalizerError, match="'task'"):
+        n.normalize_batch(batch)
+    out = n.normalize_batch(batch, keys=["s", "m"])
+    np.testing.assert_allclose(out["s"], [2.0, 2.0], atol=1e-7)
+    np.testing.assert_allclose(out["m"], [-0.5, 1.0], atol=1e-7)
+    assert out["task"] == "pick"
+    with pytest.raises(NormalizerError, match=r"\['q'\] requested but not in the batch"):
+        n.normalize_batch(batch, keys=["s", "q"])
+
+
+def test_construction_errors() -> None:
+    with pytest.raises(NormalizerError, match=r"key 'a' .*missing stat 'std'"):
+        Normalizer({"a": "mean_std"}, {"a": {"mean": [0.0]}})
+    with pytest.raises(NormalizerError, match="key 'a': stats disagree on shape"):
+        Normalizer({"a": "min_max"}, {"a": {"min": [0.0, 1.0], "max": [2.0]}})
+    with pytest.raises(NormalizerError, match="unknown mode 'zscore'"):
+        Normalizer({"a": "zscore"}, {})  # type: ignore[dict-item]
+    with pytest.raises(NormalizerError, match="stats given for key 'b' but no mode"):
+        Normalizer({}, {"b": {"mean": [0.0]}})
+    with pytest.raises(NormalizerError, match="expected max >= min"):
+        Normalizer({"a": "min_max"}, {"a": {"min": [3.0], "max": [2.0]}})
+    n = make_all()
+    with pytest.raises(NormalizerError, match=r"expected trailing shape \(2,\).*\(4, 3\)"):
+        n.normalize("s", np.zeros((4, 3)))
+
+
+def test_streaming_matches_one_batch() -> None:
+    rng = np.random.default_rng(1)
+    # chunks drift and widen so the histograms must grow in both directions
+    chunks = [rng.normal(i * (-1) ** i, 1 + i, size=(400, 2, 3)) for i in range(10)]
+    acc = StatsAccumulator({"x": "quantile", "y": "mean_std"})
+    for c in chunks:
+        acc.update({"x": c, "y": c[:, 0, 0], "ignored": np.zeros(3)})
+    norm = acc.finalize()
+    data = np.concatenate(chunks)
+    sx, sy = norm.stats["x"], norm.stats["y"]
+    for name, ref in [
+        ("mean", data.mean(0)),
+        ("std", data.std(0)),
+        ("min", data.min(0)),
+        ("max", data.max(0)),
+    ]:
+        np.testing.assert_allclose(sx[name], ref, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(sy["std"], data[:, 0, 0].std(), rtol=1e-9)
+    assert sy["std"].shape == ()
+    width = acc.bin_width("x")
+    assert np.all(width < 2 * (data.max(0) - data.min(0)) / 2046)
+    for name, q in [("q01", 0.01), ("q99", 0.99)]:
+        err = np.abs(sx[name] - np.quantile(data, q, axis=0))
+        assert np.all(err <= width), (name, err.max(), width.min())
+    # the normalizer is usable as is, with every stat kept so the mode could change
+    assert set(sx) == {"mean", "std", "min", "max", "q01", "q99"}
+    assert norm.modes == {"x": "quantile", "y": "mean_std"}
+
+
+def test_streaming_constant_feature_and_errors() -> None:
+    acc = StatsAccumulator({"c": "min_max", "n": "mean_std"})
+    acc.update({"c": np.full((5, 2), 3.0)})
+    acc.update({"c": np.full((5, 2), 3.0)})
+    with pytest.raises(NormalizerError, match=r"key 'c': expected feature shape \(2,\)"):
+        acc.update({"c": np.zeros((5, 3))})
+    with pytest.raises(NormalizerError, match=r"keys \['n'\] received no data"):
+        acc.finalize()
+    acc.update({"n": np.array([1.0, 2.0])})
+    norm = acc.finalize()
+    np.testing.assert_array_equal(norm.stats["c"]["q01"], [3.0, 3.0])
+    np.testing.assert_array_equal(norm.stats["c"]["std"], [0.0, 0.0])
+    with pytest.raises(NormalizerError, match="NaN"):
+        acc.update({"n": np.array([np.nan])})
+
+
+def test_save_load_bit_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(2)
+    chunks = [{"a": rng.normal(size=(50, 3)).astype(np.float32)} for _ in range(3)]
+    src = compute_stats(chunks, {"a": "quantile"})
+    full = Normalizer({**src.modes, "i": "identity", "img": "image"}, src.stats, eps=1e-6)
+    path = tmp_path / "normalizer.safetensors"
+    full.save(path)
+    back = Normalizer.load(path)
+    assert back.modes == full.modes and back.eps == full.eps
+    sd0, sd1 = full.state_dict(), back.state_dict()
+    assert sd0.keys() == sd1.keys() and len(sd0) == 6
+    for k in sd0:
+        assert sd1[k].dtype == torch.float64 and torch.equal(sd0[k], sd1[k]), k
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(back.normalize("a", x), full.normalize("a", x))
+
+
+def test_load_rejects_bad_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bare = tmp_path / "bare.safetensors"
+    save_file({"a/mean": torch.zeros(2)}, str(bare))
+    with pytest.raises(NormalizerError, match=r"bare.safetensors: expected metadata key"):
+        Normalizer.load(bare)
+    n = make_all()
+    stray = tmp_path / "stray.safetensors"
+    save_file({**n.state_dict(), "zz/mean": torch.zeros(2)}, str(stray), metadata=n.metadata())
+    with pytest.raises(NormalizerError, match=r"stray.safetensors: tensor 'zz/mean'"):
+        Normalizer.load(stray)
+    with pytest.raises(NormalizerError, match=r"missing.safetensors: cannot read"):
+        Normalizer.load(tmp_path / "missing.safetensors")

@@ -1,0 +1,141 @@
+"""Registry: registration, duplicates, lazy import by convention, entry-point plugins, did-you-mean."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from envactor.registry import POLICY_REGISTRY, Registry, RegistryError
+
+
+class Alpha:
+    pass
+
+
+class Beta:
+    pass
+
+
+def test_register_get_names_contains() -> None:
+    reg: Registry[type] = Registry("widget")
+    reg.register("alpha")(Alpha)
+    assert reg.get("alpha") is Alpha
+    assert "alpha" in reg and "beta" not in reg and 3 not in reg
+    assert reg.names() == ["alpha"]
+    assert Alpha.registered_name == "alpha"  # type: ignore[attr-defined]
+
+
+def test_duplicate_names_both_classes() -> None:
+    reg: Registry[type] = Registry("widget")
+    reg.add("thing", Alpha)
+    reg.add("thing", Alpha)  # the same object again is harmless
+    with pytest.raises(RegistryError) as err:
+        reg.add("thing", Beta)
+    msg = str(err.value)
+    assert "test_registry.Alpha" in msg and "test_registry.Beta" in msg and "'thing'" in msg
+
+
+def test_unknown_name_lists_known_and_suggests() -> None:
+    reg: Registry[type] = Registry("widget")
+    reg.add("temporal_ensemble", Alpha)
+    reg.add("sync", Beta)
+    with pytest.raises(RegistryError) as err:
+        reg.get("temporal_ensembel")
+    msg = str(err.value)
+    assert "unknown widget 'temporal_ensembel'" in msg
+    assert "sync, temporal_ensemble" in msg
+    assert "did you mean 'temporal_ensemble'?" in msg
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+def test_lazy_import_by_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "lazypkg" / "__init__.py", "")
+    _write(
+        tmp_path / "lazypkg" / "gadget.py",
+        """
+        from tests_registry_shared import REG
+
+        @REG.register("gadget")
+        class Gadget:
+            pass
+        """,
+    )
+    reg: Registry[type] = Registry("widget", lazy_module_prefix="lazypkg")
+    shared = type(sys)("tests_registry_shared")
+    shared.REG = reg  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests_registry_shared", shared)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "gadget" not in reg._items
+    assert reg.get("gadget").__name__ == "Gadget"
+    with pytest.raises(RegistryError, match="unknown widget 'nothing'"):
+        reg.get("nothing")
+
+
+def test_lazy_import_does_not_hide_broken_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path / "brokenpkg" / "__init__.py", "")
+    _write(tmp_path / "brokenpkg" / "bad.py", "import module_that_does_not_exist_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry[type] = Registry("widget", lazy_module_prefix="brokenpkg")
+    with pytest.raises(ModuleNotFoundError, match="module_that_does_not_exist_xyz"):
+        reg.get("bad")
+
+
+def test_builtin_policy_lazily_imported() -> None:
+    sys.modules.pop("envactor.policy.policies.pid", None)
+    POLICY_REGISTRY._items.pop("pid", None)
+    cls = POLICY_REGISTRY.get("pid")
+    assert cls.__module__.startswith("envactor.policy.policies.pid")
+
+
+def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third-party package installed into a site dir (dist-info with entry_points.txt)."""
+    site = tmp_path / "site"
+    _write(
+        site / "envactor_tinyplug" / "__init__.py",
+        """
+        import torch
+        from envactor import Policy
+
+        class TinyPlugPolicy(Policy):
+            '''A plugin policy that outputs zeros.'''
+            trainable = False
+
+            def _chunk(self, obs, env_ids):
+                b = next(iter(obs.values())).shape[0]
+                return torch.zeros(b, *self.action_shape)
+        """,
+    )
+    dist = site / "envactor_tinyplug-0.1.0.dist-info"
+    _write(dist / "METADATA", "Metadata-Version: 2.1\nName: envactor-tinyplug\nVersion: 0.1.0\n")
+    _write(
+        dist / "entry_points.txt",
+        "[envactor.policies]\ntinyplug = envactor_tinyplug:TinyPlugPolicy\n",
+    )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    POLICY_REGISTRY._items.pop("tinyplug", None)
+    try:
+        assert "tinyplug" in POLICY_REGISTRY.names()
+        cls = POLICY_REGISTRY.get("tinyplug")
+        assert cls.__name__ == "TinyPlugPolicy"
+        policy = cls(
+            {}, None, input_features={"observation.state": {"shape": [2], "norm": "identity"}},
+            action_dim=3, horizon=4, n_action_steps=2, action_norm="identity",
+        )
+        import numpy as np
+
+        out = policy.predict({"observation.state": np.ones((5, 2), np.float32)})
+        assert out.shape == (5, 4, 3) and not out.any()
+    finally:
+        POLICY_REGISTRY._items.pop("tinyplug", None)
+        sys.modules.pop("envactor_tinyplug", None)
