@@ -28,7 +28,9 @@ class Scripted(Policy):
         rows = []
         for e in env_ids:
             self.count[e] = self.count.get(e, 0) + 1
-            rows.append(100.0 * self.count[e] + torch.arange(self.params.horizon, dtype=torch.float32))
+            rows.append(
+                100.0 * self.count[e] + torch.arange(self.params.horizon, dtype=torch.float32)
+            )
         return torch.stack(rows)[..., None]
 
     def _reset(self, env_ids):  # type: ignore[no-untyped-def]

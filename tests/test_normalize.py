@@ -101,6 +101,16 @@ def test_torch_matches_numpy_and_caches_stats() -> None:
     )
 
 
+def test_cache_filled_under_inference_mode_still_supports_autograd() -> None:
+    n = make_all()
+    with torch.inference_mode():
+        n.normalize("s", torch.zeros(2))
+    x = torch.tensor([3.0, 7.0], requires_grad=True)
+    n.normalize("s", x).sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.tensor([2.0, 0.25]))  # 1 / std
+
+
 def test_torch_bfloat16() -> None:
     n = make_all()
     x = torch.tensor([[3.0, 7.0], [2.5, -1.0]], dtype=torch.bfloat16)

@@ -1,4 +1,4 @@
-"""The policy contract: acting vs learning state, registration checks, per-env queues, modes, EMA."""
+"""The policy contract: acting vs learning, registration checks, per-env queues, modes, EMA."""
 
 from __future__ import annotations
 
@@ -39,9 +39,7 @@ class ProbePolicy(Policy):
 def make_probe(dropout: float = 0.0, **kw: object) -> ProbePolicy:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Dropout(dropout), nn.Linear(2, 3 * 4))
-    params = dict(
-        input_features={STATE: {"shape": [2]}}, action_dim=3, horizon=4, n_action_steps=2
-    )
+    params = dict(input_features={STATE: {"shape": [2]}}, action_dim=3, horizon=4, n_action_steps=2)
     params.update(kw)
     stats = {
         STATE: {"mean": np.array([1.0, -1.0]), "std": np.array([2.0, 0.5])},
@@ -226,8 +224,18 @@ def test_warmup_from_spec() -> None:
 def test_pid_state_per_env_and_reset() -> None:
     cls = POLICY_REGISTRY.get("pid")
     feats = {STATE: {"shape": [2], "norm": "identity"}}
-    pid = cls(None, None, input_features=feats, action_dim=1, indices=[0], setpoint=[1.0],
-              kp=2.0, ki=1.0, kd=0.5, dt=0.1)
+    pid = cls(
+        None,
+        None,
+        input_features=feats,
+        action_dim=1,
+        indices=[0],
+        setpoint=[1.0],
+        kp=2.0,
+        ki=1.0,
+        kd=0.5,
+        dt=0.1,
+    )
     step = lambda x, ids: pid.eval_mode.forward(  # noqa: E731
         {e: {STATE: np.array([v, 0.0], np.float32)} for e, v in zip(ids, x)}
     )

@@ -1,4 +1,4 @@
-"""Registry: registration, duplicates, lazy import by convention, entry-point plugins, did-you-mean."""
+"""Registry: duplicates, lazy import by convention, entry-point plugins, did-you-mean."""
 
 from __future__ import annotations
 
@@ -129,8 +129,13 @@ def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         cls = POLICY_REGISTRY.get("tinyplug")
         assert cls.__name__ == "TinyPlugPolicy"
         policy = cls(
-            {}, None, input_features={"observation.state": {"shape": [2], "norm": "identity"}},
-            action_dim=3, horizon=4, n_action_steps=2, action_norm="identity",
+            {},
+            None,
+            input_features={"observation.state": {"shape": [2], "norm": "identity"}},
+            action_dim=3,
+            horizon=4,
+            n_action_steps=2,
+            action_norm="identity",
         )
         import numpy as np
 

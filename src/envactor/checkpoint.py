@@ -278,6 +278,11 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint directory")
     meta = read_meta(root)
+    if int(meta.get("format", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{root / META_FILE}: checkpoint format {meta.get('format')} is newer than this "
+            f"envactor reads (format {FORMAT_VERSION}); upgrade envactor"
+        )
     _check_files(root, meta, verify)
     try:
         config = yaml.safe_load((root / CONFIG_FILE).read_text(encoding="utf-8")) or {}

@@ -15,10 +15,14 @@ _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], s
 
 def command(
     name: str, help: str
-) -> Callable[[Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]]:
+) -> Callable[
+    [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
+]:
     """Register ``add_args(parser)`` for subcommand ``name``; its handler is ``run_<name>``."""
 
-    def deco(add_args: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
+    def deco(
+        add_args: Callable[[argparse.ArgumentParser], None],
+    ) -> Callable[[argparse.ArgumentParser], None]:
         handler = globals()["run_" + name.replace("-", "_")]
         _COMMANDS[name] = (handler, add_args, help)
         return add_args
@@ -75,14 +79,18 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"checkpoint  {info['path']}")
-    print(f"policy      {info['policy']}  (H={params.get('horizon')}, A={params.get('action_dim')})")
+    print(
+        f"policy      {info['policy']}  (H={params.get('horizon')}, A={params.get('action_dim')})"
+    )
     total = 0
     for name, c in info["components"].items():
         total += c["parameters"]
         print(f"  {name:<20} {c['type'] or '?':<26} {c['parameters']:>12,d} params")
     print(f"  {'total':<47} {total:>12,d} params")
     for key, spec in info["input_features"].items():
-        print(f"feature     {key:<28} shape={spec.get('shape')} dtype={spec.get('dtype', 'float32')}")
+        print(
+            f"feature     {key:<28} shape={spec.get('shape')} dtype={spec.get('dtype', 'float32')}"
+        )
     print(f"stats       {', '.join(info['stats_keys']) or '(none)'}")
     m = info["meta"]
     print(
@@ -96,6 +104,56 @@ def run_info(args: argparse.Namespace) -> int:
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", help="checkpoint directory")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+# ---------------------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate a policy on a task with one executor and delay; print or emit JSON."""
+    from envactor.runtime.evaluate import evaluate
+
+    env_kwargs: dict[str, Any] = {}
+    if args.max_episode_steps:
+        env_kwargs["max_episode_steps"] = args.max_episode_steps
+    result = evaluate(
+        args.policy, args.env, num_envs=args.num_envs, num_episodes=args.episodes,
+        executor=args.executor, delay=args.delay, seed=args.seed,
+        n_action_steps=args.n_action_steps, vectorization=args.vectorization,
+        env_kwargs=env_kwargs, device=args.device, overrides=args.override,
+        progress=not (args.no_progress or args.json),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.env}: {args.policy}")
+    row = result.summary()
+    for col in row:
+        table.add_column(col)
+    table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()])
+    Console().print(table)
+    return 0
+
+
+@command("eval", "evaluate a policy across parallel envs")
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from envactor.runtime.executors import EXECUTORS
+
+    p.add_argument("policy", help="checkpoint dir, policy YAML or registered policy name")
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. envactor/PendulumSwingUp-v0")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--executor", default="sync", choices=EXECUTORS.names())
+    p.add_argument("--delay", type=int, default=0, help="simulated inference delay d (steps)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="s (default: the policy's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectorization", choices=["sync", "async"], default="sync")
+    p.add_argument("--max-episode-steps", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--override", "-o", action="append", default=[], help="dotted key=value")
+    p.add_argument("--json", action="store_true", help="print per-episode metrics as JSON")
+    p.add_argument("--no-progress", action="store_true")
 
 
 # ---------------------------------------------------------------------------- entry point

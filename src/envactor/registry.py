@@ -60,7 +60,7 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T) -> None:
-        """Register ``obj`` under ``name``; a second, different object under one name is an error."""
+        """Register ``obj`` under ``name``; another object under a taken name is an error."""
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind} name must be a non-empty string, got {name!r}")
         old = self._items.get(name)

@@ -1,8 +1,9 @@
 """The policy contract (``Policy``), its specs, mode views and the builder."""
 
-from envactor.policy.base import Policy, PolicyError, check_policy_class
+from envactor.policy.base import Policy, PolicyError
 from envactor.policy.boundary import ObservationError
 from envactor.policy.build import build_policy, save_policy
+from envactor.policy.contract import check_policy_class
 from envactor.policy.specs import FeatureSpec, PolicyParams
 from envactor.registry import POLICY_REGISTRY
 

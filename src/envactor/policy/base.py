@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envactor.chunking.masks import prefix_weights
+from envactor.chunking.masks import Schedule
 from envactor.normalize import Normalizer
 from envactor.policy.boundary import (
     ObservationError,
@@ -29,9 +29,9 @@ from envactor.policy.boundary import (
     to_tensor,
 )
 from envactor.policy.ema import EmaShadow
+from envactor.policy.prefix import build_prefix
 from envactor.policy.queues import ChunkQueues
 from envactor.policy.specs import FeatureSpec, PolicyParams
-from envactor.registry import POLICY_REGISTRY, RegistryError
 from envactor.weights import LoadReport, load_state_dict_into
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ per-env randomness
     def set_env_seeds(self, seeds: Mapping[Hashable, int]) -> None:
-        """Seed the noise of each env id (e.g. per episode), so results do not depend on batching."""
+        """Seed each env id's noise (e.g. per episode) so results do not depend on batching."""
         for env, seed in seeds.items():
             gen = torch.Generator()
             gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -158,7 +158,9 @@ class Policy(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device the policy's tensors live on."""
-        return self._device_anchor.device
+        anchor = self._device_anchor
+        assert isinstance(anchor, torch.Tensor)
+        return anchor.device
 
     @classmethod
     def can_guide(cls) -> bool:
@@ -268,7 +270,7 @@ class Policy(nn.Module):
         delay: int | Sequence[int] = 0,
         env_ids: EnvIds | None = None,
         method: Literal["auto", "blend"] = "auto",
-        schedule: str = "exp",
+        schedule: Schedule = "exp",
         max_guidance_weight: float = 5.0,
         jacobian: Literal["vjp", "identity"] = "vjp",
     ) -> np.ndarray:
@@ -282,14 +284,21 @@ class Policy(nn.Module):
         """
         horizon = self.params.horizon
         if action_chunk_size is not None and action_chunk_size != horizon:
-            raise ValueError(f"action_chunk_size must be the policy's H={horizon}, got {action_chunk_size}")
+            raise ValueError(
+                f"action_chunk_size must be the policy's H={horizon}, got {action_chunk_size}"
+            )
         if prev_chunk is None:
             return self.predict(obs, normalizer, env_ids=env_ids)
         norm = self._normalizer(normalizer)
         guided = method == "auto" and self.can_guide()
         with self._acting(inference=not guided):
             obs_t, batch = self._prepare(obs, norm)
-            prefix, weights = self._prefix(prev_chunk, batch, delay, min_num_actions_executed, schedule, norm)
+            prefix_np, weights_np = build_prefix(
+                prev_chunk, batch, delay, min_num_actions_executed, self.action_shape, schedule
+            )
+            dev = self.device
+            prefix = norm.normalize(ACTION_KEY, torch.from_numpy(prefix_np).to(dev))
+            weights = torch.from_numpy(weights_np).to(dev)
             ids = self._ids(env_ids, batch)
             if method not in ("auto", "blend"):
                 raise ValueError(f"method must be 'auto' or 'blend', got {method!r}")
@@ -301,41 +310,6 @@ class Policy(nn.Module):
                 )
             chunk = self._checked(chunk, batch, "_guided_chunk")
             return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
-
-    def _prefix(
-        self,
-        prev_chunk: np.ndarray | Sequence[np.ndarray],
-        batch: int,
-        delay: int | Sequence[int],
-        s: int | None,
-        schedule: str,
-        norm: Normalizer,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        horizon, adim = self.action_shape
-        rows = list(prev_chunk)
-        if len(rows) != batch:
-            raise ObservationError(f"prev_chunk has {len(rows)} rows for a batch of {batch}")
-        delays = [int(delay)] * batch if np.isscalar(delay) else [int(x) for x in delay]  # type: ignore[arg-type]
-        if len(delays) != batch:
-            raise ObservationError(f"got {len(delays)} delays for a batch of {batch}")
-        prefix = np.zeros((batch, horizon, adim), dtype=np.float32)
-        weights = np.zeros((batch, horizon), dtype=np.float32)
-        for b, row in enumerate(rows):
-            row = np.asarray(row, dtype=np.float32)
-            if row.ndim != 2 or row.shape[1] != adim or row.shape[0] > horizon:
-                raise ObservationError(
-                    f"prev_chunk[{b}]: expected shape (L<={horizon}, {adim}), got {row.shape}"
-                )
-            n = row.shape[0]
-            prefix[b, :n] = row
-            if n:
-                prefix[b, n:] = row[-1]  # pad with the last action; its weight is 0 anyway
-            s_b = horizon - n if s is None else s
-            weights[b] = prefix_weights(min(delays[b], n), min(s_b, horizon), horizon, schedule)
-            weights[b, n:] = 0.0
-        dev = self.device
-        prefix_t = norm.normalize(ACTION_KEY, torch.from_numpy(prefix).to(dev))
-        return prefix_t, torch.from_numpy(weights).to(dev)
 
     def warmup(self, batch_size: int = 1) -> None:
         """Dummy forward passes (plain and guided) from the declared input spec."""
@@ -373,11 +347,14 @@ class Policy(nn.Module):
         norm = self._normalizer(None)
         obs_t, n = self._prepare(batch, norm)
         if ACTION_KEY not in batch:
-            raise ObservationError(f"a training batch needs key {ACTION_KEY!r}; got {sorted(batch)}")
+            raise ObservationError(
+                f"a training batch needs key {ACTION_KEY!r}; got {sorted(batch)}"
+            )
         action = torch.as_tensor(batch[ACTION_KEY], dtype=torch.float32).to(self.device)
         if tuple(action.shape) != (n, *self.action_shape):
             raise ObservationError(
-                f"batch['action']: expected shape {(n, *self.action_shape)}, got {tuple(action.shape)}"
+                f"batch['action']: expected shape {(n, *self.action_shape)}, "
+                f"got {tuple(action.shape)}"
             )
         obs_t[ACTION_KEY] = norm.normalize(ACTION_KEY, action)
         for key, value in batch.items():
@@ -464,42 +441,3 @@ class Policy(nn.Module):
         from envactor.policy.modes import EvalMode
 
         return EvalMode(self)
-
-
-PUBLIC_METHODS = frozenset(
-    {
-        "predict", "guided_inference", "warmup", "freeze_all_model_params", "reset", "forward",
-        "select_action", "update", "learn_mode", "collect_mode", "eval_mode", "load_weights",
-        "acting_state_dict", "set_env_seeds", "name", "input_features", "action_shape", "device", "can_guide",
-        "_acting", "_learning", "_predict", "_prepare", "_act_from_queues",
-    }
-)  # fmt: skip
-
-
-def check_policy_class(name: str, cls: Any) -> None:
-    """Registry validator: a policy subclasses ``Policy``, keeps its public methods, has hooks."""
-    if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise RegistryError(f"policy {name!r}: expected a subclass of envactor.Policy, got {cls!r}")
-    where = f"policy {name!r} ({cls.__module__}.{cls.__qualname__})"
-    for klass in cls.__mro__:
-        if klass is Policy:
-            break
-        bad = sorted(PUBLIC_METHODS & set(vars(klass)))
-        if bad:
-            raise RegistryError(
-                f"{where} overrides public method(s) {bad} of envactor.Policy (defined in "
-                f"{klass.__qualname__}); implement the hooks _chunk/_loss/_guided_chunk/_explore/"
-                f"_reset instead"
-            )
-    required = ["_chunk"] + (["_loss"] if cls.trainable else [])
-    missing = [h for h in required if getattr(cls, h) is getattr(Policy, h)]
-    if missing:
-        raise RegistryError(
-            f"{where} is missing required hook(s) {missing}"
-            + (" (set trainable = False for a policy with no loss)" if "_loss" in missing else "")
-        )
-    if not (isinstance(cls.Params, type) and issubclass(cls.Params, PolicyParams)):
-        raise RegistryError(f"{where}: Params must subclass envactor.policy.PolicyParams")
-
-
-POLICY_REGISTRY.validator = check_policy_class

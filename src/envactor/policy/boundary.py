@@ -73,7 +73,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def dummy_observation(features: Mapping[str, FeatureSpec], batch_size: int) -> dict[str, np.ndarray]:
+def dummy_observation(
+    features: Mapping[str, FeatureSpec], batch_size: int
+) -> dict[str, np.ndarray]:
     """Zeros shaped like a batch of real observations (used by ``warmup``)."""
     return {
         key: np.zeros((batch_size, *spec.shape), dtype=spec.numpy_dtype())

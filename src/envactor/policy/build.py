@@ -1,6 +1,6 @@
 """Build a policy from YAML or a checkpoint directory, and save one as a checkpoint.
 
-    YAML --load_policy_config--> components (nn factory) + Normalizer (checkpoint) --> Policy class
+YAML --load_policy_config--> components (nn factory) + Normalizer (checkpoint) --> Policy class
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def build_policy(
     meta: dict[str, Any] = {}
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
-        load_components_strict(ckpt, components)
+        load_components_strict(ckpt, dict(components.items()))
         normalizer = ckpt.normalizer
         meta = ckpt.meta
     policy = cls(components, normalizer, **params.model_dump())

@@ -12,7 +12,7 @@ from torch import nn
 
 
 class EmaShadow:
-    """EMA weights of ``module`` with decay ``decay``; ``live`` says which values the module holds."""
+    """EMA weights of ``module``; ``holding`` says which copy the live tensors hold now."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:

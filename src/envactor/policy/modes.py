@@ -67,7 +67,9 @@ class _ActingMode:
         per = self._policy.acting_state_dict()
         return {f"{c}.{k}": v for c, sd in per.items() for k, v in sd.items()}
 
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], version: int | None = None) -> None:
+    def load_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], version: int | None = None
+    ) -> None:
         """Load weights in place (and the weight version when given); pending chunks dropped."""
         self._policy.load_weights(state_dict, version=version)
         self._queues.reset()

@@ -48,7 +48,7 @@ class _Running:
 
 
 def action_jerk(actions: np.ndarray) -> float:
-    """Mean over steps and action dims of the squared second difference ``a_t - 2a_{t-1} + a_{t-2}``."""
+    """Mean over steps and dims of the squared second difference ``a_t - 2a_{t-1} + a_{t-2}``."""
     a = np.asarray(actions, dtype=np.float64)
     if len(a) < 3:
         return 0.0
@@ -63,7 +63,9 @@ def episode_noise_seed(seed: int, episode: int) -> int:
 class VectorActor:
     """Run ``policy`` through ``executor`` (an instance or a registered name) over many envs."""
 
-    def __init__(self, policy: Policy, executor: ChunkExecutor | str = "sync", **executor_kwargs: Any) -> None:
+    def __init__(
+        self, policy: Policy, executor: ChunkExecutor | str = "sync", **executor_kwargs: Any
+    ) -> None:
         self.policy = policy
         if isinstance(executor, str):
             executor = make_executor(executor, policy, **executor_kwargs)

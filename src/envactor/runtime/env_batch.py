@@ -91,7 +91,10 @@ class VectorEnvBatch(EnvBatch):
     and a seed, which overrides the vector env's own autoreset in every mode."""
 
     def __init__(
-        self, envs: gym.vector.VectorEnv, obs_adapter: ObsAdapter, ids: Sequence[Hashable] | None = None
+        self,
+        envs: gym.vector.VectorEnv,
+        obs_adapter: ObsAdapter,
+        ids: Sequence[Hashable] | None = None,
     ) -> None:
         self.envs = envs
         self.ids = list(range(envs.num_envs)) if ids is None else list(ids)
@@ -102,6 +105,7 @@ class VectorEnvBatch(EnvBatch):
         space = envs.single_action_space
         self._last = np.zeros((envs.num_envs, *(space.shape or ())), dtype=space.dtype)
         self._started = False
+        self._finished = np.zeros(envs.num_envs, dtype=bool)  # ended and not reset since
 
     def reset(self, seeds: Mapping[Hashable, int]) -> dict[Hashable, dict[str, np.ndarray]]:
         mask = np.zeros(self.envs.num_envs, dtype=bool)
@@ -114,17 +118,27 @@ class VectorEnvBatch(EnvBatch):
             self._started = True
         else:
             obs, _ = self.envs.reset(seed=seed_list, options={"reset_mask": mask})
+        self._finished &= ~mask
         return {e: self.adapt(_split(obs, self._pos[e])) for e in seeds}
 
     def step(self, actions: Mapping[Hashable, np.ndarray]) -> dict[Hashable, StepResult]:
         for e, a in actions.items():
             self._last[self._pos[e]] = a
+        idle = self._finished.copy()
+        for e in actions:
+            idle[self._pos[e]] = False
+        if idle.any():  # finished envs with no episode left still step with the others
+            self.envs.reset(options={"reset_mask": idle})
+            self._finished &= ~idle
         obs, rew, term, trunc, info = self.envs.step(self._last.copy())
+        self._finished |= np.asarray(term, bool) | np.asarray(trunc, bool)
         out = {}
         for e in actions:
             i = self._pos[e]
             env_info = {
-                k: _split(v, i) for k, v in info.items() if not k.startswith("_") and info.get("_" + k, np.ones(len(self.ids), bool))[i]
+                k: _split(v, i)
+                for k, v in info.items()
+                if not k.startswith("_") and info.get("_" + k, np.ones(len(self.ids), bool))[i]
             }
             out[e] = StepResult(
                 self.adapt(_split(obs, i)), float(rew[i]), bool(term[i]), bool(trunc[i]), env_info
@@ -145,5 +159,6 @@ def as_env_batch(envs: Any, obs_adapter: ObsAdapter | None = None) -> EnvBatch:
     if isinstance(envs, Mapping) and all(isinstance(v, gym.Env) for v in envs.values()):
         return DictEnvBatch(envs, adapt)
     raise TypeError(
-        f"expected a gymnasium VectorEnv or a dict {{env_id: gymnasium.Env}}, got {type(envs).__name__}"
+        "expected a gymnasium VectorEnv or a dict {env_id: gymnasium.Env}, "
+        f"got {type(envs).__name__}"
     )

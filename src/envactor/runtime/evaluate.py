@@ -46,7 +46,11 @@ class EvalResult:
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, *, vectorization: Literal["sync", "async"] = "sync", **env_kwargs: Any
+    env_id: str,
+    num_envs: int,
+    *,
+    vectorization: Literal["sync", "async"] = "sync",
+    **env_kwargs: Any,
 ) -> gym.vector.VectorEnv:
     """A gymnasium vector env of ``env_id`` with autoreset off (the actor resets and seeds)."""
     import envactor.envs  # noqa: F401  (registers the embedded envactor/... tasks)
@@ -88,7 +92,9 @@ def evaluate(
         from envactor.policy.build import build_policy
 
         policy = build_policy(policy_or_ckpt, device=device, overrides=overrides)
-    envs = make_vector_env(env_id, min(num_envs, num_episodes), vectorization=vectorization, **(env_kwargs or {}))
+    envs = make_vector_env(
+        env_id, min(num_envs, num_episodes), vectorization=vectorization, **(env_kwargs or {})
+    )
     actor = VectorActor(
         policy, executor, delay=delay, n_action_steps=n_action_steps, **(executor_kwargs or {})
     )

@@ -131,7 +131,10 @@ class ChunkExecutor:
         return not st.pending and (st.chunk is None or st.idx >= self.s)
 
     def _request(
-        self, env_ids: list[EnvId], obs: Mapping[EnvId, Mapping[str, Any]], states: Mapping[EnvId, EnvState]
+        self,
+        env_ids: list[EnvId],
+        obs: Mapping[EnvId, Mapping[str, Any]],
+        states: Mapping[EnvId, EnvState],
     ) -> np.ndarray:
         """One batched policy call for ``env_ids``; returns their chunks ``(B, H, A)``."""
         ids, batch = stack_observations(obs, list(self.policy.input_features))

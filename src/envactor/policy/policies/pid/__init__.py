@@ -43,7 +43,9 @@ class PIDParams(PolicyParams):
         for name in ("kp", "ki", "kd"):
             g = getattr(self, name)
             if isinstance(g, list) and len(g) != a:
-                raise ValueError(f"{name} has {len(g)} entries, expected action_dim={a} or a scalar")
+                raise ValueError(
+                    f"{name} has {len(g)} entries, expected action_dim={a} or a scalar"
+                )
         return self
 
 
@@ -53,6 +55,8 @@ class PIDPolicy(Policy):
 
     Params = PIDParams
     trainable = False
+    _gains: torch.Tensor  # (3, A): kp, ki, kd rows
+    _setpoint: torch.Tensor  # (A,)
 
     def __init__(self, components=None, normalizer=None, **params) -> None:  # type: ignore[no-untyped-def]
         super().__init__(components, normalizer, **params)
@@ -62,14 +66,16 @@ class PIDPolicy(Policy):
         def vec(x: list[float] | float) -> torch.Tensor:
             return torch.as_tensor(x if isinstance(x, list) else [x] * a, dtype=torch.float32)
 
-        self.register_buffer("_gains", torch.stack([vec(p.kp), vec(p.ki), vec(p.kd)]), persistent=False)
+        self.register_buffer(
+            "_gains", torch.stack([vec(p.kp), vec(p.ki), vec(p.kd)]), persistent=False
+        )
         self.register_buffer("_setpoint", vec(p.setpoint), persistent=False)
         self._state: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
         p: PIDParams = self.params  # type: ignore[assignment]
         err = self._setpoint - obs[p.state_key][:, p.indices]
-        kp, ki, kd = self._gains
+        kp, ki, kd = self._gains.unbind(0)
         out = torch.empty_like(err)
         for b, env in enumerate(env_ids):
             integ, prev = self._state.get(env, (torch.zeros_like(err[b]), None))
