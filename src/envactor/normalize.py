@@ -96,7 +96,9 @@ class Normalizer:
         self._params: dict[str, tuple[np.ndarray, np.ndarray, float] | None] = {
             k: self._affine(k) for k in self._modes
         }
-        self._torch_cache: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, ...]]
+        self._torch_cache: dict[
+            tuple[str, torch.device, torch.dtype, bool], tuple[torch.Tensor, torch.Tensor]
+        ]
         self._torch_cache = {}
 
     @staticmethod
@@ -203,9 +205,9 @@ class Normalizer:
         if isinstance(x, torch.Tensor):
             self._check_shape(key, tuple(x.shape), center)
             dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-            c, s = self._cached(key, x.device, dtype)
-            y = x.to(dtype)
-            out_t = (y - bias) * s + c if inverse else (y - c) / s + bias
+            mul, add = self._cached(key, x.device, dtype, inverse)
+            y = x if x.dtype == dtype else x.to(dtype)
+            out_t = torch.addcmul(add, y, mul)  # one fused op: y * mul + add
             return out_t.to(x.dtype) if x.dtype in _LOW_PRECISION else out_t
         arr = np.asarray(x)
         self._check_shape(key, arr.shape, center)
@@ -215,20 +217,28 @@ class Normalizer:
         return cast(ArrayT, out.astype(out_dtype, copy=False))
 
     def _cached(
-        self, key: str, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, ...]:
-        entry = self._torch_cache.get((key, device, dtype))
+        self, key: str, device: torch.device, dtype: torch.dtype, inverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mul, add) with ``y = x * mul + add``: forward mul = 1/scale, add = bias - c/scale;
+        inverse mul = scale, add = c - bias * scale (folded in float64, then cast)."""
+        entry = self._torch_cache.get((key, device, dtype, inverse))
         if entry is None:
             params = self._params[key]
             assert params is not None
+            center, scale, bias = params
+            if inverse:
+                mul, add = scale, center - bias * scale
+            else:
+                mul, add = 1.0 / scale, bias - center / scale
             # normal tensors even when first used under inference_mode, so a later autograd
             # pass (learn mode, guided sampling) may save them for backward
             with torch.inference_mode(False):
-                entry = tuple(
+                mul_t, add_t = (
                     torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
-                    for a in params[:2]
+                    for a in (mul, add)
                 )
-            self._torch_cache[(key, device, dtype)] = entry
+            entry = (mul_t, add_t)
+            self._torch_cache[(key, device, dtype, inverse)] = entry
         return entry
 
     # ----------------------------------------------------------------- persistence

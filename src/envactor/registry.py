@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -42,12 +43,14 @@ class Registry(Generic[T]):
         *,
         lazy_module_prefix: str | None = None,
         entry_point_group: str | None = None,
+        list_lazy_modules: bool = False,
         validator: Callable[[str, T], None] | None = None,
     ) -> None:
         self.kind = kind
         self.lazy_module_prefix = lazy_module_prefix
         self.entry_point_group = entry_point_group
         self.validator = validator
+        self.list_lazy_modules = list_lazy_modules
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -87,7 +90,7 @@ class Registry(Generic[T]):
         self._try_entry_points(name)
         if name in self._items:
             return self._items[name]
-        known = sorted(self._items)
+        known = self.names()
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RegistryError(
@@ -96,8 +99,11 @@ class Registry(Generic[T]):
         )
 
     def names(self) -> list[str]:
-        """Sorted names registered so far (and those the entry-point group advertises)."""
+        """Sorted names: registered, importable by convention (when listed) and advertised by
+        entry points (neither imported)."""
         found = set(self._items)
+        if self.list_lazy_modules and self.lazy_module_prefix:
+            found.update(_submodules(self.lazy_module_prefix))
         if self.entry_point_group:
             found.update(ep.name for ep in _entry_points(self.entry_point_group))
         return sorted(found)
@@ -147,6 +153,14 @@ def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=group))
 
 
+def _submodules(package: str) -> list[str]:
+    try:
+        pkg = importlib.import_module(package)
+    except ImportError:
+        return []
+    return [m.name for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))]
+
+
 def _qualname(obj: object) -> str:
     mod = getattr(obj, "__module__", "?")
     qn = getattr(obj, "__qualname__", type(obj).__qualname__)
@@ -157,6 +171,7 @@ POLICY_REGISTRY: Registry = Registry(
     "policy",
     lazy_module_prefix="envactor.policy.policies",
     entry_point_group="envactor.policies",
+    list_lazy_modules=True,
 )
 """Policies by name; ``envactor.policy.base`` installs the class check as its validator."""
 

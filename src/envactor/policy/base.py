@@ -10,8 +10,7 @@ remembering them. Registration (``POLICY_REGISTRY.register``) enforces that.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -79,6 +78,7 @@ class Policy(nn.Module):
         self.weight_version = 0
         self.config: dict[str, Any] = {}
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self._device = torch.device("cpu")
         self._ema: EmaShadow | None = None
         self._queues = ChunkQueues()
         self._rngs: dict[Hashable, torch.Generator] = {}
@@ -158,9 +158,7 @@ class Policy(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device the policy's tensors live on."""
-        anchor = self._device_anchor
-        assert isinstance(anchor, torch.Tensor)
-        return anchor.device
+        return self._device
 
     @classmethod
     def can_guide(cls) -> bool:
@@ -169,23 +167,25 @@ class Policy(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Policy:
         super()._apply(fn, recurse)
+        anchor = self._device_anchor
+        assert isinstance(anchor, torch.Tensor)
+        self._device = anchor.device
         if self._ema is not None:
             self._ema.refresh()
         return self
 
     # ------------------------------------------------------------------ mode switching
-    @contextmanager
-    def _acting(self, inference: bool = True) -> Iterator[None]:
-        """eval() + acting weights + inference_mode (``no_grad`` when ``inference`` is False:
-        guided sampling backpropagates through the network, which inference tensors forbid)."""
+    def _acting(self, inference: bool = True) -> torch.inference_mode | torch.no_grad:
+        """eval() + acting weights; returns the grad context to run in: inference_mode, or
+        ``no_grad`` when ``inference`` is False (guided sampling backpropagates through the
+        network, which inference tensors forbid)."""
         # Check the root flag only: walking every module each call is what made one anchor's
         # select_action spend 200 ms in eval().
         if self.training:
             self.eval()
         if self._ema is not None:
             self._ema.use("ema")
-        with torch.inference_mode() if inference else torch.no_grad():
-            yield
+        return torch.inference_mode() if inference else torch.no_grad()
 
     def _learning(self) -> None:
         if not self.training:

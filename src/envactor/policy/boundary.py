@@ -62,7 +62,9 @@ def to_tensor(key: str, value: Any, spec: FeatureSpec, device: torch.device) -> 
     if spec.dtype == "uint8":
         if t.dtype != torch.uint8:
             raise ObservationError(f"observation[{key!r}]: expected uint8 (image), got {t.dtype}")
-        return t.to(device, non_blocking=True)
+        return t if t.device == device else t.to(device, non_blocking=True)
+    if t.dtype == torch.float32 and t.device == device:
+        return t
     return t.to(device=device, dtype=torch.float32, non_blocking=True)
 
 

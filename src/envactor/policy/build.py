@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from envactor.checkpoint import load_checkpoint, load_components_strict, save_checkpoint
-from envactor.config import ConfigError, load_policy_config, validate
+from envactor.config import load_policy_config, validate
 from envactor.nn import build_components
 from envactor.policy.base import Policy
 from envactor.registry import POLICY_REGISTRY, RegistryError
@@ -70,9 +70,7 @@ def build_policy(
     try:
         cls = POLICY_REGISTRY.get(cfg.policy_type)
     except RegistryError as exc:
-        line = cfg.composed.sources.get("policy.type")
-        where = f"{line[0]}:{line[1]}" if line and line[1] else str(yaml_file)
-        raise ConfigError(f"{where}: policy.type: {exc}") from None
+        raise cfg.error("policy.type", str(exc)) from None
     params = validate(cfg.composed, cls.Params, at="policy.params")
     components = build_components(cfg.components, cfg.component_sources)
     ckpt_path = Path(checkpoint) if checkpoint is not None else (cfg.checkpoint or ckpt_dir)
