@@ -113,3 +113,19 @@ def test_eval_cli_json(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["executor"] == "blend" and out["summary"]["delay"] == 1
     assert len(out["episodes"]) == 2 and out["episodes"][0]["length"] == 20
+
+
+def test_record_pairs_each_observation_with_its_action() -> None:
+    policy = small_policy()
+    eps = VectorActor(policy, "sync").run(pendulums(2, steps=12), 3, seed=2, record=True)
+    for m in eps:
+        traj = m.trajectory
+        assert traj is not None
+        assert traj["observation.state"].shape == (12, 3) and traj["action"].shape == (12, 1)
+        assert traj["reward"].sum() == pytest.approx(m.episode_return, rel=1e-5)
+        # the first action of each chunk is what the policy predicts from that observation
+        first = policy.predict({"observation.state": traj["observation.state"][:1]})[0, 0]
+        np.testing.assert_allclose(traj["action"][0], first, rtol=1e-5)
+        env = gym.make("Pendulum-v1")
+        o0, _ = env.reset(seed=m.seed)
+        np.testing.assert_allclose(traj["observation.state"][0], o0, rtol=1e-6)

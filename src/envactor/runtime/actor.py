@@ -32,9 +32,13 @@ class EpisodeMetrics:
     held_steps: int
     requests: int
     truncated: bool
+    trajectory: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    """With ``record=True``: observation keys ``(T, ...)``, ``action`` ``(T, A)``, ``reward`` (T,)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Metrics as plain JSON-able values (the trajectory left out)."""
         d = asdict(self)
+        d.pop("trajectory")
         d["env_id"] = str(self.env_id)
         return d
 
@@ -45,6 +49,14 @@ class _Running:
     seed: int
     ret: float = 0.0
     actions: list[np.ndarray] = field(default_factory=list)
+    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+    def trajectory(self) -> dict[str, np.ndarray]:
+        out = {k: np.stack([o[k] for o in self.observations]) for k in self.observations[0]}
+        out["action"] = np.stack(self.actions).astype(np.float32)
+        out["reward"] = np.asarray(self.rewards, dtype=np.float32)
+        return out
 
 
 def action_jerk(actions: np.ndarray) -> float:
@@ -82,9 +94,11 @@ class VectorActor:
         obs_adapter: ObsAdapter | None = None,
         on_episode: Callable[[EpisodeMetrics], None] | None = None,
         max_steps: int | None = None,
+        record: bool = False,
     ) -> list[EpisodeMetrics]:
         """Run exactly ``num_episodes`` episodes (episode ids 0..n-1) and return their metrics,
-        ordered by episode id. ``envs``: a gymnasium VectorEnv, a dict of envs or an EnvBatch."""
+        ordered by episode id. ``envs``: a gymnasium VectorEnv, a dict of envs or an EnvBatch.
+        ``record`` keeps each episode's observations, actions and rewards (``trajectory``)."""
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
         batch: EnvBatch = as_env_batch(envs, obs_adapter)
@@ -120,6 +134,9 @@ class VectorActor:
                 ep = running[e]
                 ep.ret += res.reward
                 ep.actions.append(np.asarray(actions[e]))
+                if record:
+                    ep.observations.append(obs[e])
+                    ep.rewards.append(res.reward)
                 obs[e] = res.obs
                 if res.terminated or res.truncated:
                     stats = self.executor.episode_stats(e)
@@ -129,6 +146,7 @@ class VectorActor:
                         length=len(ep.actions), success=None if success is None else bool(success),
                         jerk=action_jerk(np.stack(ep.actions)), held_steps=stats["held_steps"],
                         requests=stats["requests"], truncated=res.truncated and not res.terminated,
+                        trajectory=ep.trajectory() if record else None,
                     )  # fmt: skip
                     done.append(m)
                     if on_episode is not None:
