@@ -24,8 +24,14 @@ from torch import nn
 
 from envactor.chunking.guidance import Jacobian, euler_sample, rtc_sample
 from envactor.normalize import Normalizer
-from envactor.policy.base import EnvIds, Policy, PolicyError
-from envactor.policy.policies.mlp_chunk import flat_observation
+from envactor.policy.base import EnvIds, Policy
+from envactor.policy.features import (
+    check_dims,
+    edge_fill,
+    feature_size,
+    flat_observation,
+    gaussian_explore,
+)
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -49,41 +55,6 @@ class FlowParams(PolicyParams):
         if min(v) <= 0:
             raise ValueError(f"both Beta parameters must be > 0, got {list(v)}")
         return v
-
-
-def feature_size(policy: Policy) -> int:
-    """Width of the concatenated, flattened observation features the encoder reads."""
-    total = 0
-    for spec in policy.input_features.values():
-        n = 1
-        for d in spec.shape:
-            n *= d
-        total += n
-    return total
-
-
-def check_dims(policy: Policy, component: str, expected: Mapping[str, tuple[int, str]]) -> None:
-    """Raise PolicyError when ``components[component].<attr>`` differs from what params imply.
-
-    ``expected`` maps attribute -> (value, where the value comes from). Modules without the
-    attribute (a custom block) are not checked.
-    """
-    module = policy.components[component]
-    for attr, (want, origin) in expected.items():
-        found = getattr(module, attr, None)
-        if isinstance(found, int) and found != want:
-            raise PolicyError(
-                f"policy {policy.name!r}: model.components.{component}.{attr} is {found}, "
-                f"expected {want} ({origin}); change them together, or write the component "
-                f"key as an interpolation of the policy key"
-            )
-
-
-def gaussian_explore(policy: Policy, chunk: torch.Tensor, env_ids: EnvIds, std: float) -> torch.Tensor:
-    """``chunk + std * N(0, I)`` with per-env seeded noise (normalized action units)."""
-    if std <= 0:
-        return chunk
-    return chunk + std * policy._randn(env_ids, *policy.action_shape).to(chunk.dtype)
 
 
 @POLICY_REGISTRY.register("flow")
@@ -116,7 +87,9 @@ class FlowPolicy(Policy):
         return cast(FlowParams, self.params)
 
     def _cond(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        cond: torch.Tensor = self.components["encoder"](flat_observation(obs, list(self.input_features)))
+        cond: torch.Tensor = self.components["encoder"](
+            flat_observation(obs, list(self.input_features))
+        )
         return cond
 
     def _velocity_fn(self, cond: torch.Tensor) -> Any:
@@ -169,14 +142,14 @@ class FlowPolicy(Policy):
         return (p.tau_max * u).to(device)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1 = batch["action"]
+        pad = batch.get("action_is_pad")
+        x1 = batch["action"] if pad is None else edge_fill(batch["action"], pad.bool())
         x0 = torch.randn_like(x1)
         tau = self.sample_tau(x1.shape[0], x1.device).to(x1.dtype)
         t = tau[:, None, None]
         x_tau = t * x1 + (1.0 - t) * x0
         v = self.components["velocity"](x_tau, tau, self._cond(batch))
         err = (v - (x1 - x0)).pow(2).mean(-1)  # (B, H)
-        pad = batch.get("action_is_pad")
         if pad is not None:
             keep = (~pad.bool()).to(err.dtype)
             return {"loss": (err * keep).sum() / keep.sum().clamp_min(1.0)}

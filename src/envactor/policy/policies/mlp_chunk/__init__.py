@@ -6,6 +6,7 @@ import torch
 from pydantic import Field
 
 from envactor.policy.base import EnvIds, Policy
+from envactor.policy.features import check_dims, feature_size, flat_observation, gaussian_explore
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -16,19 +17,20 @@ class MLPChunkParams(PolicyParams):
     explore_std: float = Field(default=0.1, ge=0)
 
 
-def flat_observation(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
-    """Concatenate the flattened observation features in declared order: (B, sum of sizes)."""
-    if len(keys) == 1:
-        return obs[keys[0]].flatten(1).float()
-    return torch.cat([obs[k].flatten(1).float() for k in keys], dim=1)
-
-
 @POLICY_REGISTRY.register("mlp_chunk")
 class MLPChunkPolicy(Policy):
     """MLP regression of a (H, A) chunk with an MSE loss that ignores padded steps."""
 
     Params = MLPChunkParams
     required_components = ("net",)
+
+    def __init__(self, components=None, normalizer=None, **params) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(components, normalizer, **params)
+        h, a = self.action_shape
+        check_dims(self, "net", {
+            "in_dim": (feature_size(self), "sum of input_features sizes"),
+            "out_dim": (h * a, "policy.params.horizon * policy.params.action_dim"),
+        })  # fmt: skip
 
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
         x = flat_observation(obs, list(self.input_features))
@@ -44,7 +46,4 @@ class MLPChunkPolicy(Policy):
         return {"loss": err.mean()}
 
     def _explore(self, chunk: torch.Tensor, env_ids: EnvIds) -> torch.Tensor:
-        std = self.params.explore_std  # type: ignore[attr-defined]
-        if std <= 0:
-            return chunk
-        return chunk + std * self._randn(env_ids, *self.action_shape)
+        return gaussian_explore(self, chunk, env_ids, self.params.explore_std)  # type: ignore[attr-defined]
