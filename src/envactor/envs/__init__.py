@@ -1,1 +1,17 @@
-"""Embedded tasks (gymnasium ids ``envactor/...``) and their scripted experts."""
+"""Embedded tasks (gymnasium ids ``envactor/...``) and their scripted experts.
+
+Importing this package registers the tasks with gymnasium and the experts with
+``POLICY_REGISTRY`` (``pendulum_expert``, ``reacher_expert``). MuJoCo is imported only when
+``envactor/ReacherReach-v0`` is made.
+
+    envactor/PendulumSwingUp-v0   pendulum swing-up from hanging, bimodal expert
+    envactor/ReacherReach-v0      MuJoCo 2-link reacher, IK + joint PD expert
+"""
+
+from envactor.envs.pendulum_expert import PendulumExpert
+from envactor.envs.reacher_expert import ReacherExpert
+from envactor.envs.tasks import CONFIG_DIR, TASKS, register_tasks, task_spec
+
+register_tasks()
+
+__all__ = ["CONFIG_DIR", "TASKS", "PendulumExpert", "ReacherExpert", "register_tasks", "task_spec"]

@@ -47,11 +47,12 @@ def collect(
     from envactor.policy.build import build_policy
 
     spec = task_spec(task_id)
+    obs_spec = spec["observation"]
     if policy is None:
         policy = spec["expert_config"]
     if not isinstance(policy, Policy):
         policy = build_policy(policy)
-    features = {k: {"shape": v["shape"], "dtype": "float32"} for k, v in spec["observation"].items()}
+    features = {k: {"shape": v["shape"], "dtype": "float32"} for k, v in obs_spec.items()}
     features["action"] = {"shape": [spec["action_dim"]], "dtype": "float32"}
     envs = make_vector_env(task_id, min(num_envs, episodes), **(env_kwargs or {}))
     writer = DatasetWriter(out, features, fps=spec["control_hz"], task=task_id, overwrite=overwrite)
