@@ -156,6 +156,73 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+# ---------------------------------------------------------------------------- collect / train
+def run_collect(args: argparse.Namespace) -> int:
+    """Write expert demonstrations of a task as a dataset."""
+    from envactor.runtime.collect import collect
+
+    res = collect(
+        args.task, episodes=args.episodes, out=args.out, num_envs=args.num_envs, seed=args.seed,
+        policy=args.policy, overwrite=args.overwrite, progress=not args.no_progress,
+    )  # fmt: skip
+    rate = "n/a" if res.success_rate is None else f"{res.success_rate:.2f}"
+    print(f"wrote {res.episodes} episodes ({res.frames} frames) to {res.root}; success {rate}")
+    return 0
+
+
+@command("collect", "collect demonstrations with a task's expert")
+def _collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", help="embedded task id, e.g. envactor/PendulumSwingUp-v0")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default=None, help="collect with this policy instead of the expert")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Behaviour cloning (see envactor.train)."""
+    from envactor.train.cli import run_train as _run
+
+    return _run(args)
+
+
+@command("train", "train a policy on a demonstration dataset")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from envactor.train.cli import add_train_args
+
+    add_train_args(p)
+
+
+# ---------------------------------------------------------------------------- demo
+def run_demo(args: argparse.Namespace) -> int:
+    """Collect, train, evaluate every executor under delay; write runs/demo/."""
+    from envactor.demo import DemoSettings
+    from envactor.demo import run_demo as _run
+
+    import torch
+
+    # One intra-op thread by default: these nets are small, and OpenMP threads spinning against
+    # any other load on a 2-core machine made training 10-20x slower in our measurements.
+    torch.set_num_threads(args.threads)
+    kw: dict[str, Any] = {"out": Path(args.out), "seed": args.seed}
+    settings = DemoSettings.quick(**kw) if args.quick else DemoSettings(**kw)
+    _run(settings, progress=not args.no_progress)
+    print(f"results in {settings.out}/ (results.csv, results.json, success_vs_delay.png, policy/)")
+    return 0
+
+
+@command("demo", "the main job: collect, train and evaluate chunk executors under delay")
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a smoke-test sized run (< 2 minutes)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The ``envactor`` argument parser with every registered subcommand."""

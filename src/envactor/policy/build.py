@@ -26,7 +26,7 @@ def packaged_config(name: str) -> Path:
     cls = POLICY_REGISTRY.get(name)
     module = __import__(cls.__module__, fromlist=["__file__"])
     base = Path(module.__file__ or "").parent
-    for cand in (base / "configs" / POLICY_YAML, base.parent / "configs" / POLICY_YAML):
+    for cand in (base / "configs" / POLICY_YAML, base / "configs" / f"{name}.yaml"):
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"policy {name!r} ships no configs/{POLICY_YAML} next to {base}")

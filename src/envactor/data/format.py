@@ -1,0 +1,131 @@
+"""The on-disk dataset format: constants, the column ``Feature`` type and ``DatasetError``.
+
+See ``envactor.data.dataset`` for the layout. pyarrow is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+CODEBASE_VERSION = "envactor-v1"
+INFO_FILE = "meta/info.json"
+EPISODES_FILE = "meta/episodes.jsonl"
+TASKS_FILE = "meta/tasks.jsonl"
+DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+CHUNKS_SIZE = 1000
+DTYPES = ("float32", "float64", "float16", "uint8", "int32", "int64", "bool")
+# Written by the writer for every frame; never passed to add_episode.
+INDEX_COLUMNS = ("episode_index", "frame_index", "index", "timestamp")
+INFO_KEYS = (
+    "codebase_version",
+    "fps",
+    "total_episodes",
+    "total_frames",
+    "chunks_size",
+    "data_path",
+    "features",
+)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be written or read as declared; the message names the file."""
+
+
+def require_pyarrow() -> Any:
+    """The ``pyarrow`` module (with ``pyarrow.parquet`` loaded); a clear error when missing."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "envactor datasets need pyarrow; install it with `pip install envactor[data]`"
+        ) from e
+    return pyarrow
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One column: per-frame ``shape`` (``()`` for scalars) and numpy ``dtype`` name."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise DatasetError(f"dtype {self.dtype!r}: expected one of {DTYPES}")
+        if any(not isinstance(n, int) or n <= 0 for n in self.shape):
+            raise DatasetError(f"shape {list(self.shape)}: expected positive integers")
+
+    @classmethod
+    def of(cls, value: Any, where: str) -> Feature:
+        """From a ``Feature``, a ``FeatureSpec``-like object (``shape``, ``dtype``) or a dict."""
+        try:
+            if isinstance(value, Feature):
+                return value
+            if isinstance(value, Mapping):
+                shape, dtype = value["shape"], value["dtype"]
+            else:
+                shape, dtype = value.shape, value.dtype
+            if not isinstance(shape, Sequence) or isinstance(shape, str):
+                raise DatasetError(f"shape: expected a list of integers, found {shape!r}")
+            return cls(tuple(shape), str(dtype))
+        except (KeyError, AttributeError) as e:
+            raise DatasetError(f"{where}: expected 'shape' and 'dtype', missing {e}") from None
+        except DatasetError as e:
+            raise DatasetError(f"{where}: {e}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``meta/info.json`` entry (LeRobot's keys: dtype, shape, names)."""
+        return {"dtype": self.dtype, "shape": list(self.shape), "names": None}
+
+    def arrow_type(self) -> pa.DataType:
+        """Arrow type of the column: the scalar type wrapped in one fixed-size list per dim."""
+        pa = require_pyarrow()
+        t = pa.bool_() if self.dtype == "bool" else pa.from_numpy_dtype(np.dtype(self.dtype))
+        for n in reversed(self.shape):
+            t = pa.list_(t, n)
+        return t
+
+
+DEFAULT_FEATURES = {"reward": Feature((), "float32"), "done": Feature((), "bool")}
+INDEX_FEATURES = {
+    "episode_index": Feature((), "int64"),
+    "frame_index": Feature((), "int64"),
+    "index": Feature((), "int64"),
+    "timestamp": Feature((), "float32"),
+}
+
+
+def episode_relpath(index: int, chunks_size: int, template: str = DATA_PATH) -> str:
+    """Path of episode ``index`` relative to the dataset root."""
+    return template.format(episode_chunk=index // chunks_size, episode_index=index)
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``; a missing or malformed file is a ``DatasetError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path}: missing; is {path.parent.parent} an envactor dataset?"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read JSON: {e}") from e
+
+
+def envactor_version() -> str:
+    """The installed envactor version (recorded in ``meta/info.json``)."""
+    try:
+        return importlib.metadata.version("envactor")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

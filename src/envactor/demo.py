@@ -1,0 +1,202 @@
+"""``envactor demo``: the whole job on one machine, on embedded defaults, no network.
+
+1. collect expert demonstrations on the bimodal pendulum swing-up task;
+2. train a ``flow`` chunk policy on them (learn mode);
+3. evaluate it across parallel envs for every executor at delays d = 0..4 and write
+   ``runs/demo/{results.csv, results.json, success_vs_delay.png, policy/}``.
+
+The expected shape (the RTC paper's in miniature): at d = 0 the policy is close to the expert;
+as d grows, naive switching and temporal ensembling lose success while RTC keeps it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASK = "envactor/PendulumSwingUp-v0"
+EXECUTORS = ("sync", "naive_async", "temporal_ensemble", "blend", "rtc", "rtc_identity")
+COLUMNS = ("executor", "delay", "episodes", "success_rate", "return_mean", "return_std",
+           "jerk_mean", "held_steps_mean", "length_mean")  # fmt: skip
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of each phase; ``quick()`` is the smoke-test variant."""
+
+    out: Path = Path("runs/demo")
+    seed: int = 0
+    demo_episodes: int = 200
+    train_steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    eval_episodes: int = 64
+    num_envs: int = 16
+    delays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    executors: tuple[str, ...] = EXECUTORS
+    horizon: int = 8
+    n_action_steps: int = 4
+    action_noise_std: float = 0.1
+    overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls, **kw: Any) -> DemoSettings:
+        """A few minutes' job shrunk to well under two: tiny data, short training, few episodes."""
+        base = dict(demo_episodes=24, train_steps=150, batch_size=128, eval_episodes=8,
+                    num_envs=8, delays=(0, 2, 4))  # fmt: skip
+        base.update(kw)
+        return cls(**base)  # type: ignore[arg-type]
+
+
+def _phase(name: str) -> float:
+    from rich.console import Console
+
+    Console(stderr=True).rule(f"[bold]{name}")
+    return time.perf_counter()
+
+
+def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the three phases; return one result row per (executor, delay)."""
+    from envactor.envs import task_spec
+    from envactor.policy.build import build_policy, save_policy
+    from envactor.runtime.collect import collect
+    from envactor.runtime.evaluate import evaluate
+    from envactor.train import train
+
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    spec = task_spec(TASK)
+    env_kwargs = {"action_noise_std": settings.action_noise_std}
+    timings: dict[str, float] = {}
+
+    t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {TASK}")
+    data = collect(
+        TASK, episodes=settings.demo_episodes, out=out / "dataset", num_envs=settings.num_envs,
+        seed=settings.seed, overwrite=True, progress=progress, env_kwargs=env_kwargs,
+    )  # fmt: skip
+    timings["collect_s"] = time.perf_counter() - t0
+
+    t0 = _phase(f"2/3 train flow policy, {settings.train_steps} steps")
+    overrides = [
+        f"policy.params.horizon={settings.horizon}",
+        f"policy.params.n_action_steps={settings.n_action_steps}",
+        f"policy.params.control_hz={spec['control_hz']}",
+        *settings.overrides,
+    ]
+    result = train("flow", out / "dataset", out_dir=out / "train", steps=settings.train_steps,
+                   batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                   save_every=settings.train_steps, overrides=overrides, progress=progress,
+                   warmup_steps=min(100, settings.train_steps // 10))  # fmt: skip
+    timings["train_s"] = time.perf_counter() - t0
+    policy_dir = out / "policy"
+    if policy_dir.exists():
+        shutil.rmtree(policy_dir)
+    save_policy(result.policy, policy_dir, step=result.step)
+    policy = build_policy(policy_dir)
+
+    n_exec, delays = len(settings.executors), list(settings.delays)
+    t0 = _phase(f"3/3 evaluate {n_exec} executors x delays {delays}")
+    expert = evaluate(spec["expert_config"], TASK, num_envs=settings.num_envs,
+                      num_episodes=settings.eval_episodes, seed=10_000 + settings.seed,
+                      env_kwargs=env_kwargs)  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    grid = [(e, d) for e in settings.executors for d in settings.delays]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), desc="evaluate", unit="run")
+    for executor, delay in grid:
+        res = evaluate(
+            policy, TASK, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
+            executor=executor, delay=delay, seed=10_000 + settings.seed, env_kwargs=env_kwargs,
+        )  # fmt: skip
+        summary = res.summary()
+        rows.append({k: summary[k] for k in COLUMNS})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(executor=executor, d=delay, success=summary["success_rate"])
+    if bar is not None:
+        bar.close()
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    meta = {
+        "task": TASK,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
+        "dataset": {
+            "episodes": data.episodes,
+            "frames": data.frames,
+            "expert_success_rate_collect": data.success_rate,
+        },
+        "expert": expert.summary(),
+        "train": {
+            "steps": result.step,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "samples_per_s": result.samples_per_s,
+        },
+        "timings_s": timings,
+    }
+    write_results(out, rows, meta)
+    print_table(rows, meta)
+    return rows
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """results.csv, results.json and success_vs_delay.png under ``out``."""
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(json.dumps({"rows": rows, **meta}, indent=2))
+    plot_success(rows, out / "success_vs_delay.png", expert=meta["expert"]["success_rate"])
+
+
+def plot_success(rows: list[dict[str, Any]], path: Path, *, expert: float | None = None) -> None:
+    """Success rate vs delay, one line per executor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for executor in dict.fromkeys(r["executor"] for r in rows):
+        mine = [r for r in rows if r["executor"] == executor]
+        pts = sorted((r["delay"], r["success_rate"] or 0.0) for r in mine)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=executor)
+    if expert is not None:
+        ax.axhline(expert, color="gray", linestyle="--", linewidth=1, label="expert (d=0)")
+    ax.set_xlabel("inference delay d (control steps)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{TASK}: flow policy, H=8")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The results as a rich table, with the expert's success for reference."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{TASK}: success / return / jerk by executor and delay")
+    for col in ("executor", "delay", "success_rate", "return_mean", "jerk_mean", "held_steps_mean"):
+        table.add_column(col, justify="right" if col != "executor" else "left")
+    for r in rows:
+        table.add_row(r["executor"], str(r["delay"]), f"{r['success_rate']:.2f}",
+                      f"{r['return_mean']:.1f}", f"{r['jerk_mean']:.4f}",
+                      f"{r['held_steps_mean']:.1f}")  # fmt: skip
+    console = Console()
+    console.print(table)
+    e = meta["expert"]
+    console.print(
+        f"expert (sync, d=0): success {e['success_rate']:.2f}, return {e['return_mean']:.1f}"
+    )
+    console.print(f"timings: {', '.join(f'{k} {v:.0f}s' for k, v in meta['timings_s'].items())}")

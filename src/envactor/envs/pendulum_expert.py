@@ -1,0 +1,140 @@
+"""``pendulum_expert``: a bimodal, observation-only swing-up controller for PendulumSwingUp.
+
+From the observation ``[cos theta, sin theta, theta_dot]`` alone, each step picks one of three
+laws (``E = theta_dot^2 / 2 + 15 cos theta`` is the energy per unit inertia, 15 upright):
+
+1. push: near the bottom (``cos theta < -push_cos``) and slow (``|theta_dot| < push_speed``),
+   full torque in the env's committed direction ``d`` (+1 counter-clockwise, -1 clockwise),
+   drawn with probability 1/2 per episode from the policy's per-env generator;
+2. pump: ``u = clip(k_E (E_top + margin - E) theta_dot, -2, 2)`` (energy shaping: full torque
+   along the motion until the energy reaches the top's, then gentle);
+3. balance: within ``balance_angle`` of upright, LQR ``u = -(k_theta wrap(theta) + k_dot
+   theta_dot)`` (discrete LQR of the linearized step, Q = diag(1, 0.1), R = 0.05).
+
+Only the push depends on ``d``; pump and balance are mirror-symmetric state feedback, so after the
+first push the sign of ``theta_dot`` reveals the mode and the two modes never meet again. With
+these gains the pole reverses twice and goes over the top on its third half-swing, in direction
+``d`` (about 3 s). Averaging the two modes gives zero torque at the start (the pole stays down);
+executing the other mode's push brakes the swing.
+
+For ``horizon > 1`` the chunk is the law rolled out on the nominal model (gymnasium's Pendulum
+equations without noise), so chunked executors get a plan, not a repeated action.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from envactor.policy.base import EnvIds, Policy
+from envactor.policy.specs import NormName, PolicyParams
+from envactor.registry import POLICY_REGISTRY
+
+GRAVITY_GAIN = 15.0  # 3 g / (2 l) with g = 10, l = 1
+TORQUE_GAIN = 3.0  # 3 / (m l^2)
+DT = 0.05
+MAX_SPEED = 8.0
+
+Direction = Literal["random", "ccw", "cw"]
+
+
+class PendulumExpertParams(PolicyParams):
+    """Gains of the swing-up; ``direction`` forces one mode ("ccw" +1, "cw" -1) or draws it."""
+
+    state_key: str = "observation.state"
+    horizon: int = Field(default=1, gt=0)
+    n_action_steps: int = Field(default=1, gt=0)
+    action_norm: NormName = "identity"
+    control_hz: float | None = Field(default=1.0 / DT, gt=0.0)
+    direction: Direction = "random"
+    max_torque: float = Field(default=2.0, gt=0.0)
+    push_cos: float = Field(default=0.95, ge=0.0, le=1.0)
+    push_speed: float = Field(default=0.5, ge=0.0)
+    energy_gain: float = Field(default=1.0, gt=0.0)
+    energy_margin: float = Field(default=0.5, ge=0.0)
+    balance_angle: float = Field(default=0.6, gt=0.0, lt=math.pi)
+    balance_gains: tuple[float, float] = (10.31, 2.49)
+
+    @model_validator(mode="after")
+    def _raw_units(self) -> PendulumExpertParams:
+        spec = self.input_features.get(self.state_key)
+        if spec is None or spec.shape != (3,) or spec.norm != "identity":
+            raise ValueError(
+                f"pendulum_expert reads raw [cos, sin, theta_dot]: input feature "
+                f"{self.state_key!r} must have shape [3] and norm 'identity', got {spec}"
+            )
+        if self.action_dim != 1 or self.action_norm != "identity":
+            raise ValueError(
+                f"pendulum_expert outputs one raw torque: action_dim must be 1 and action_norm "
+                f"'identity', got {self.action_dim} and {self.action_norm!r}"
+            )
+        return self
+
+
+@POLICY_REGISTRY.register("pendulum_expert")
+class PendulumExpert(Policy):
+    """Scripted bimodal swing-up (see the module docstring); direction kept per env id."""
+
+    Params = PendulumExpertParams
+    trainable = False
+
+    def __init__(self, components: Any = None, normalizer: Any = None, **params: Any) -> None:
+        super().__init__(components, normalizer, **params)
+        self._direction: dict[Hashable, float] = {}
+
+    def committed_direction(self, env_id: Hashable) -> int | None:
+        """Env ``env_id``'s mode this episode: +1 ccw, -1 cw, None before its first chunk."""
+        d = self._direction.get(env_id)
+        return None if d is None else int(d)
+
+    def _directions(self, env_ids: EnvIds) -> np.ndarray:
+        p: PendulumExpertParams = self.params  # type: ignore[assignment]
+        new = [e for e in env_ids if e not in self._direction]
+        if new:
+            if p.direction == "random":
+                draws = self._randn(new, 1)[:, 0].tolist()
+                signs = [1.0 if x >= 0 else -1.0 for x in draws]
+            else:
+                signs = [1.0 if p.direction == "ccw" else -1.0] * len(new)
+            self._direction.update(zip(new, signs))
+        return np.array([self._direction[e] for e in env_ids], dtype=np.float64)
+
+    def _law(self, theta: np.ndarray, dot: np.ndarray, d: np.ndarray) -> np.ndarray:
+        p: PendulumExpertParams = self.params  # type: ignore[assignment]
+        cos = np.cos(theta)
+        energy = 0.5 * dot**2 + GRAVITY_GAIN * cos
+        u = p.energy_gain * (GRAVITY_GAIN + p.energy_margin - energy) * dot  # pump
+        k_theta, k_dot = p.balance_gains
+        wrapped = np.arctan2(np.sin(theta), cos)
+        u = np.where(cos > math.cos(p.balance_angle), -(k_theta * wrapped + k_dot * dot), u)
+        u = np.where((cos < -p.push_cos) & (np.abs(dot) < p.push_speed), p.max_torque * d, u)
+        return np.clip(u, -p.max_torque, p.max_torque)
+
+    def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
+        p: PendulumExpertParams = self.params  # type: ignore[assignment]
+        state = obs[p.state_key]
+        x = state.detach().cpu().numpy().astype(np.float64)  # tiny batches: numpy is ~10x faster
+        d = self._directions(env_ids)
+        theta = np.arctan2(x[:, 1], x[:, 0])
+        dot = x[:, 2]
+        chunk = np.empty((len(x), p.horizon, 1), dtype=np.float32)
+        for k in range(p.horizon):
+            u = self._law(theta, dot, d)
+            chunk[:, k, 0] = u
+            dot = np.clip(
+                dot + (GRAVITY_GAIN * np.sin(theta) + TORQUE_GAIN * u) * DT, -MAX_SPEED, MAX_SPEED
+            )
+            theta = theta + dot * DT
+        return torch.from_numpy(chunk).to(state.device)
+
+    def _reset(self, env_ids: Sequence[Hashable] | None) -> None:
+        if env_ids is None:
+            self._direction.clear()
+        else:
+            for e in env_ids:
+                self._direction.pop(e, None)

@@ -1,0 +1,297 @@
+"""A synchronous client of the policy server (also talks to openpi servers for plain inference).
+
+``PolicyClient`` keeps one WebSocket connection (one robot, one env id on the server), reconnects
+with exponential backoff when the server goes away, and raises clear errors: an error reply is a
+``RemoteError``, a refused API key an ``AuthenticationError``, a server that stays gone a
+``ServerUnavailableError``. Not for concurrent use from several threads (calls are serialized).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from envactor.runtime.wire import packb, unpackb
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
+__all__ = [
+    "AuthenticationError",
+    "PolicyClient",
+    "RemoteError",
+    "ServerUnavailableError",
+]
+
+DEFAULT_MAX_SIZE = 16 * 2**20
+
+
+class ServerUnavailableError(ConnectionError):
+    """No policy server answered (after every reconnect attempt)."""
+
+
+class AuthenticationError(PermissionError):
+    """The server refused the handshake: missing or wrong API key (HTTP 401)."""
+
+
+class RemoteError(RuntimeError):
+    """An error reply ``{"error": {"type", "message"}}`` (or an openpi server's text frame)."""
+
+    def __init__(self, kind: str, message: str, uri: str = "") -> None:
+        super().__init__(f"{kind} from policy server {uri}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+def _legacy(connect: Any) -> dict[str, bool]:
+    """websockets >= 17 asks callers that keep the connection outside a ``with`` to say so."""
+    return {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+
+
+def _plain(value: Any) -> Any:
+    """Torch tensors become numpy arrays; everything else is sent as is."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+class PolicyClient:
+    """One connection to a policy server.
+
+    Args:
+        host: server host, or a full ``ws://host:port`` URI.
+        port: server port (ignored when ``host`` is a URI).
+        api_key: sent as ``Authorization: Api-Key <key>``.
+        timeout: seconds to wait for a handshake or a reply.
+        retries: connection attempts before ``ServerUnavailableError``.
+        backoff_s: first wait between attempts, doubled each time up to ``max_backoff_s``.
+        max_size: largest reply accepted, in bytes.
+        connect: connect now (reads the metadata); else on first use.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 6,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        max_size: int = DEFAULT_MAX_SIZE,
+        connect: bool = True,
+    ) -> None:
+        if retries < 1:
+            raise ValueError(f"retries must be >= 1, got {retries}")
+        self.uri = host if "://" in host else f"ws://{host}:{port}"
+        self.api_key = api_key
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.max_size = int(max_size)
+        self._conn: ClientConnection | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        if connect:
+            self._ensure()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The server's metadata frame (policy name, input features, action shape, ...)."""
+        if self._metadata is None:
+            self._ensure()
+        assert self._metadata is not None
+        return self._metadata
+
+    def infer(
+        self,
+        obs: Mapping[str, Any],
+        *,
+        prev_action: Any = None,
+        est_delay: int | None = None,
+        executed: int | None = None,
+        rtc: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One observation (unbatched) -> ``{"actions": (H, A), "server_timing", ...}``.
+
+        With ``prev_action`` (the unexecuted remainder (L, A) of the current chunk) and
+        ``est_delay`` (d), the server runs real-time chunking; ``executed`` is s and ``rtc`` holds
+        ``schedule``/``max_guidance_weight``/``jacobian``/``method``. Arrays in the reply are
+        read-only views of the received frame.
+        """
+        return self._call(packb(infer_message(obs, prev_action, est_delay, executed, rtc)))
+
+    def episode_start(
+        self, *, experiment: str = "", task: str = "", episode_id: int = 0
+    ) -> dict[str, Any]:
+        """openpi control frame: a new episode (the server resets this client's policy state)."""
+        frame = {"__ctrl__": "episode_start", "__experiment__": experiment, "__task__": task,
+                 "__episode_id__": int(episode_id)}  # fmt: skip
+        return self._call(packb(frame))
+
+    def episode_end(self, success: bool = False) -> dict[str, Any]:
+        """openpi control frame: the episode ended (state is reset too)."""
+        return self._call(packb({"__ctrl__": "episode_end", "__success__": bool(success)}))
+
+    def reset(self) -> dict[str, Any]:
+        """Reset this client's per-env state on the server (an ``episode_start`` frame)."""
+        return self.episode_start()
+
+    def set_seed(self, seed: int) -> dict[str, Any]:
+        """Seed this client's policy noise on the server (envactor control frame)."""
+        return self._call(packb({"__ctrl__": "set_seed", "seed": int(seed)}))
+
+    def close(self) -> None:
+        """Close the connection (a later call reconnects)."""
+        self._drop()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _ensure(self) -> ClientConnection:
+        """The open connection, connecting (with backoff) when there is none."""
+        if self._conn is not None:
+            return self._conn
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        open_ws: Any = connect  # the overloads depend on the websockets version
+
+        headers = {} if self.api_key is None else {"Authorization": f"Api-Key {self.api_key}"}
+        start, wait, last = time.monotonic(), self.backoff_s, "none"
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(wait)
+                wait = min(2 * wait, self.max_backoff_s)
+            try:
+                conn = open_ws(
+                    self.uri, additional_headers=headers, open_timeout=self.timeout,
+                    max_size=self.max_size, compression=None, proxy=None, **_legacy(connect),
+                )  # fmt: skip
+            except InvalidStatus as exc:
+                code = exc.response.status_code
+                if code == 401:
+                    why = "no API key given" if self.api_key is None else "wrong API key"
+                    raise AuthenticationError(
+                        f"policy server at {self.uri} refused the connection: HTTP 401 ({why})"
+                    ) from None
+                last = str(exc)
+                if code != 503:  # only "too many connections" is worth waiting out
+                    break
+                continue
+            except (OSError, WebSocketException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            try:
+                meta = self._decode(conn.recv(timeout=self.timeout))
+            except (OSError, WebSocketException, ValueError) as exc:
+                conn.close()
+                last = f"no metadata frame: {type(exc).__name__}: {exc}"
+                continue
+            self._conn, self._metadata = conn, meta
+            return conn
+        raise ServerUnavailableError(
+            f"no policy server answered at {self.uri}: {attempt + 1} attempt(s) over "
+            f"{time.monotonic() - start:.2f} s; last error: {last}"
+        )
+
+    def _decode(self, raw: str | bytes) -> dict[str, Any]:
+        if isinstance(raw, str):  # openpi servers send a traceback as text before closing
+            raise RemoteError("ServerError", raw, self.uri)
+        msg = unpackb(raw)
+        if not isinstance(msg, dict):
+            raise RemoteError(
+                "ProtocolError", f"expected a dict, got {type(msg).__name__}", self.uri
+            )
+        err = msg.get("error")
+        if isinstance(err, dict):
+            raise RemoteError(str(err.get("type")), str(err.get("message")), self.uri)
+        return msg
+
+    def _send(self, payload: bytes) -> bool:
+        """Send without waiting for the reply (connecting first if needed); False when the send
+        failed because the connection is gone."""
+        from websockets.exceptions import WebSocketException
+
+        conn = self._ensure()  # ServerUnavailableError / AuthenticationError propagate
+        try:
+            conn.send(payload)
+            return True
+        except (OSError, WebSocketException):
+            self._drop()
+            return False
+
+    def _receive(self) -> dict[str, Any]:
+        assert self._conn is not None
+        try:
+            raw = self._conn.recv(timeout=self.timeout)
+        except TimeoutError:
+            self._drop()  # a late reply must not be read as the answer to the next request
+            raise TimeoutError(
+                f"no reply from policy server {self.uri} within {self.timeout} s "
+                "(connection dropped; the next call reconnects)"
+            ) from None
+        return self._decode(raw)
+
+    def _finish(self, payload: bytes, sent: bool) -> dict[str, Any]:
+        """The reply to ``payload`` (already sent when ``sent``); resent once after a reconnect."""
+        from websockets.exceptions import WebSocketException
+
+        if sent:
+            try:
+                return self._receive()
+            except TimeoutError:
+                raise
+            except (OSError, WebSocketException):
+                self._drop()  # the server went away: reconnect and send again, once
+        if not self._send(payload):
+            raise ServerUnavailableError(f"policy server {self.uri} closed the connection")
+        try:
+            return self._receive()
+        except TimeoutError:
+            raise
+        except (OSError, WebSocketException) as exc:
+            self._drop()
+            raise ServerUnavailableError(
+                f"policy server {self.uri} closed the connection during the request: {exc}"
+            ) from None
+
+    def _call(self, payload: bytes) -> dict[str, Any]:
+        with self._lock:
+            return self._finish(payload, self._send(payload))
+
+
+def infer_message(
+    obs: Mapping[str, Any],
+    prev_action: Any = None,
+    est_delay: int | None = None,
+    executed: int | None = None,
+    rtc: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The request frame for one observation (and optional real-time-chunking fields)."""
+    msg = {str(k): _plain(v) for k, v in obs.items()}
+    if prev_action is not None:
+        msg["prev_action"] = np.asarray(_plain(prev_action), dtype=np.float32)
+        msg["est_delay"] = int(est_delay or 0)
+        if executed is not None:
+            msg["executed"] = int(executed)
+        if rtc:
+            msg["rtc"] = dict(rtc)
+    return msg

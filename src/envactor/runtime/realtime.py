@@ -1,0 +1,324 @@
+"""The real-time controller: a control loop at a fixed rate and an inference loop (REFERENCE.md
+section 3, Algorithm 1), both real threads.
+
+The control loop, every period, reads the robot, takes the next action of the current chunk and
+writes it; it never waits for inference. The inference loop waits until ``s_min`` actions of the
+current chunk have run, snapshots (observation, unexecuted remainder, executed count s), forecasts
+the delay d as the max of the last ``delay_buffer`` measured delays (``ceil(latency / period)``),
+runs the policy and swaps the new chunk in at index = control steps run since the snapshot, so
+no action is executed twice or skipped. Index i of a chunk snapshotted after step t0 is the
+action for step ``t0 + i``.
+
+Executors: ``rtc`` (guided inference, true VJP; the blend for policies without guided sampling),
+``rtc_identity`` (identity-Jacobian shortcut), ``blend`` (post-hoc prefix blend), ``naive_async``
+(plain predict, stale actions skipped) and ``sync`` (the control loop holds the last action from
+step s_min until the new chunk arrives, which then runs from index 0).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any, Literal
+
+import numpy as np
+
+from envactor.policy.base import Policy
+from envactor.runtime.realtime_chunks import GUIDED, HELD, SAFE, ChunkBoard, Fault, infer_chunk
+from envactor.runtime.realtime_robot import TIMESTAMP_KEY, Robot
+from envactor.runtime.realtime_safety import ActionFilter, SafeAction, resolve_safe_action
+from envactor.runtime.realtime_telemetry import Telemetry
+
+EXECUTORS = ("rtc", "rtc_identity", "blend", "naive_async", "sync")
+__all__ = ["EXECUTORS", "HELD", "SAFE", "RealtimeController"]
+
+
+class RealtimeController:
+    """Drive ``robot`` with ``policy`` at ``hz``; see the module docstring for the two loops.
+
+    Args:
+        policy: any envactor policy (one env; observations get a batch dim of 1).
+        robot: a :class:`~envactor.runtime.realtime_robot.Robot`.
+        hz: control rate.
+        executor: one of ``EXECUTORS``.
+        s_min: actions of a chunk that run before the next is requested (default: the
+            policy's ``n_action_steps``).
+        delay_buffer: b, how many measured delays the forecast takes the max over.
+        max_delta: slew-rate limit per step (scalar or per dim), or None.
+        max_obs_age: seconds after which an observation's ``"timestamp"`` is stale (safe stop);
+            ``"auto"`` = max(0.1 s, 5 periods); None disables.
+        inference_timeout: seconds a chunk may be in flight before a safe stop (default:
+            max(1 s, 2 H periods)).
+        safe_action: written on a safe stop: ``"hold"`` (last action; zeros if none),
+            ``"zeros"`` or an array.
+        warmup: run the policy once (plain and guided) on the first observation before timing.
+        join_timeout: seconds to wait for the inference thread at shutdown.
+        switch_interval: Python's GIL switch interval during the run (restored after), so the
+            control thread waits at most about this long for the GIL while the inference thread
+            runs Python code; None leaves the interpreter's (5 ms by default).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        robot: Robot,
+        *,
+        hz: float,
+        executor: str = "rtc",
+        s_min: int | None = None,
+        delay_buffer: int = 10,
+        max_delta: float | np.ndarray | None = None,
+        max_obs_age: float | Literal["auto"] | None = "auto",
+        inference_timeout: float | None = None,
+        safe_action: SafeAction = "hold",
+        schedule: str = "exp",
+        max_guidance_weight: float = 5.0,
+        warmup: bool = True,
+        join_timeout: float = 2.0,
+        switch_interval: float | None = 0.001,
+    ) -> None:
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+        if not hz > 0:
+            raise ValueError(f"hz must be > 0, got {hz}")
+        horizon, adim = policy.params.horizon, policy.params.action_dim
+        s = policy.params.n_action_steps if s_min is None else int(s_min)
+        if not 1 <= s <= horizon:
+            raise ValueError(f"s_min must be in [1, H={horizon}], got {s}")
+        if delay_buffer < 1:
+            raise ValueError(f"delay_buffer must be >= 1, got {delay_buffer}")
+        shape = tuple(robot.action_space.shape or ())
+        if int(np.prod(shape)) != adim:
+            raise ValueError(
+                f"robot action_space shape {shape} does not hold the policy's action_dim={adim}"
+            )
+        self.policy, self.robot, self.executor = policy, robot, executor
+        self.hz, self.period = float(hz), 1.0 / float(hz)
+        self.horizon, self.s_min, self.delay_buffer = horizon, s, int(delay_buffer)
+        self.filter = ActionFilter(robot.action_space, max_delta)
+        self.max_obs_age = max(0.1, 5 * self.period) if max_obs_age == "auto" else max_obs_age
+        self.inference_timeout = (
+            max(1.0, 2 * horizon * self.period) if inference_timeout is None else inference_timeout
+        )
+        resolve_safe_action(safe_action, None, shape)  # validate now, not at the safe stop
+        self.safe_action = safe_action
+        self.schedule, self.max_guidance_weight = schedule, float(max_guidance_weight)
+        self.warmup, self.join_timeout = warmup, float(join_timeout)
+        self.switch_interval = switch_interval
+        self.actions: list[np.ndarray] = []
+        self.sources: list[tuple[int, int]] = []
+        self.telemetry = self._new_telemetry()
+        self._background: threading.Thread | None = None
+        self._began = threading.Event()
+        self._last_written: np.ndarray | None = None
+        self._stop_request: str | None = None
+        self._board = self._new_board()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def executed(self) -> np.ndarray:
+        """Every action written in the last run, ``(steps, *action shape)``."""
+        shape = tuple(self.robot.action_space.shape or ())
+        return np.array(self.actions) if self.actions else np.zeros((0, *shape), np.float32)
+
+    def run(
+        self,
+        seconds: float | None = None,
+        *,
+        max_steps: int | None = None,
+        handle_signals: bool = True,
+    ) -> Telemetry:
+        """Run until ``seconds`` elapse, ``max_steps`` steps ran, :meth:`stop`, a signal or a
+        safe stop; returns the run's :class:`Telemetry` (the first chunk failing raises).
+
+        With ``handle_signals`` and on the main thread, SIGINT/SIGTERM stop the run cleanly;
+        the previous handlers are restored afterwards.
+        """
+        tel = self.telemetry = self._new_telemetry()
+        self._board = self._new_board()
+        self._began.set()
+        previous = self._install_signals() if handle_signals else {}
+        worker: threading.Thread | None = None
+        started = time.monotonic()
+        old_interval = sys.getswitchinterval()
+        if self.switch_interval is not None:
+            sys.setswitchinterval(self.switch_interval)
+        try:
+            self.robot.connect()
+            self._first_chunk()
+            worker = threading.Thread(
+                target=self._inference_loop, name="envactor-inference", daemon=True
+            )
+            worker.start()
+            self._control_loop(seconds, max_steps)
+        finally:
+            self._board.halt()
+            if worker is not None:
+                worker.join(self.join_timeout)
+                tel.leaked_threads = int(worker.is_alive())
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sys.setswitchinterval(old_interval)
+            self.robot.disconnect()
+            tel.duration_s = time.monotonic() - started
+        return tel
+
+    def start(self, seconds: float | None = None, *, max_steps: int | None = None) -> None:
+        """:meth:`run` on a background thread (no signal handlers); see :meth:`wait`."""
+        if self._background is not None and self._background.is_alive():
+            raise RuntimeError("this controller is already running; call stop() and wait() first")
+        self._background = threading.Thread(
+            target=self.run,
+            args=(seconds,),
+            kwargs={"max_steps": max_steps, "handle_signals": False},
+            name="envactor-control",
+            daemon=True,
+        )
+        self._began.clear()
+        self._background.start()
+        self._began.wait()  # so a stop() right after start() is not lost
+
+    def wait(self, timeout: float | None = None) -> Telemetry:
+        """Wait for a :meth:`start`-ed run to end; its telemetry."""
+        if self._background is not None:
+            self._background.join(timeout)
+        return self.telemetry
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the control loop to stop at its next step (thread-safe, no lock taken)."""
+        if self._stop_request is None:
+            self._stop_request = reason
+
+    # ------------------------------------------------------------------ setup
+    def _new_telemetry(self) -> Telemetry:
+        return Telemetry(self.hz, self.executor, self.horizon, self.s_min, self.delay_buffer)
+
+    def _new_board(self) -> ChunkBoard:
+        self.actions, self.sources = [], []
+        self._last_written = None
+        self._stop_request = None
+        sync = self.executor == "sync"
+        return ChunkBoard(self.s_min, self.delay_buffer, self.period, sync, self.telemetry)
+
+    def _install_signals(self) -> dict[signal.Signals, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stop(f"signal:{signal.Signals(signum).name}")  # sets a flag, takes no lock
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, on_signal)
+        return previous
+
+    def _infer(self, obs: dict[str, Any], remainder: np.ndarray, d: int, s: int) -> np.ndarray:
+        return infer_chunk(
+            self.policy, self.executor, obs, remainder, d, s, self.schedule,
+            self.max_guidance_weight,
+        )  # fmt: skip
+
+    def _first_chunk(self) -> None:
+        obs = self.robot.read()
+        adim = self.policy.params.action_dim
+        self.policy.reset()
+        try:
+            if self.warmup:
+                self._infer(obs, np.zeros((0, adim), np.float32), 0, 0)
+                if self.executor in GUIDED:
+                    rem = np.zeros((self.horizon - self.s_min, adim), np.float32)
+                    self._infer(obs, rem, 1, self.s_min)
+                self.policy.reset()
+            t0 = time.monotonic()
+            chunk = self._infer(obs, np.zeros((0, adim), np.float32), 0, 0)
+        except Exception as exc:
+            self.telemetry.stop_reason = "inference_error"
+            self.telemetry.error = f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(f"real-time controller: the first chunk failed: {exc}") from exc
+        self._board.install_first(obs, chunk, time.monotonic() - t0)
+
+    # ------------------------------------------------------------------ the two loops
+    def _inference_loop(self) -> None:
+        board = self._board
+        while (snap := board.wait_snapshot()) is not None:
+            try:
+                chunk = self._infer(snap.obs, snap.remainder, snap.delay, snap.executed)
+            except Exception as exc:
+                board.fail(exc)
+                return
+            if not board.deliver(snap, chunk):
+                return
+
+    def _control_loop(self, seconds: float | None, max_steps: int | None) -> None:
+        tel, period = self.telemetry, self.period
+        origin = time.monotonic()
+        slot = 0  # the control period the next step belongs to
+        while True:
+            reason = self._stop_request
+            if reason is None:
+                if max_steps is not None and tel.steps >= max_steps:
+                    reason = "steps"
+                elif seconds is not None and slot * period >= seconds - 1e-9:
+                    reason = "duration"
+                elif self.robot.done:
+                    reason = "robot_done"
+            if reason is not None:
+                if tel.stop_reason == "not_started":
+                    tel.stop_reason = reason
+                return
+            scheduled = origin + slot * period
+            now = time.monotonic()
+            if now < scheduled:
+                time.sleep(scheduled - now)
+                now = time.monotonic()
+            tel.lateness_s.append(now - scheduled)
+            self._tick(now)
+            behind = time.monotonic() - (scheduled + period)
+            slot += 1
+            if behind > 0:  # this step ended after the next one was due
+                tel.missed_deadlines += 1
+                skip = int(behind / period)  # whole periods lost: skip them, keep the grid
+                slot += skip
+                tel.skipped_periods += skip
+
+    def _tick(self, now: float) -> None:
+        """One control step: read, check, take the next action (or hold / safe), write."""
+        tel = self.telemetry
+        fault: Fault | None = None
+        obs: dict[str, Any] = {}
+        try:
+            obs = self.robot.read()
+        except Exception as exc:
+            fault = ("robot_error", f"robot.read() failed: {type(exc).__name__}: {exc}")
+        stamp = obs.get(TIMESTAMP_KEY)
+        if fault is None and self.max_obs_age is not None and stamp is not None:
+            age = now - float(stamp)
+            if age > self.max_obs_age:
+                limit = self.max_obs_age * 1e3
+                fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old; "
+                         f"limit {limit:.1f} ms")  # fmt: skip
+        raw, source, fault = self._board.take(obs, now, self.inference_timeout, fault)
+        last = self._last_written
+        if fault is not None:
+            raw = resolve_safe_action(self.safe_action, last, self.filter.shape)
+        elif raw is None:  # hold
+            raw = np.zeros(self.filter.shape, np.float32) if last is None else last
+        action, clipped, limited = self.filter(raw, last)
+        try:
+            self.robot.write(action)
+        except Exception as exc:
+            fault = fault or ("robot_error", f"robot.write() failed: {type(exc).__name__}: {exc}")
+        self._last_written = action
+        self.actions.append(action)
+        self.sources.append(source)
+        tel.steps += 1
+        tel.clipped_steps += clipped
+        tel.slew_limited_steps += limited
+        tel.held_steps += source == HELD
+        if fault is not None:
+            tel.stop_reason, tel.error = fault
+            self.stop(fault[0])

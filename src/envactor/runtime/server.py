@@ -1,0 +1,346 @@
+"""Serve a policy over WebSocket in openpi's wire format, batching requests across clients.
+
+Protocol (see docs/serving.md): on connect the server sends one metadata frame; then each binary
+msgpack frame is either one robot's observation dict (reply: ``actions`` (H, A), ``server_timing``,
+``weight_version``) or a control frame ``{"__ctrl__": ...}`` (reply ``{"ok": True, ...}``).
+A request the server refuses gets ``{"error": {"type", "message"}}`` and the connection stays
+open; only a frame over ``max_size`` closes its connection (close code 1009, by websockets).
+``GET /healthz`` answers 200. Each connection is one env id of the served policy, so per-env
+state and noise are per robot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from envactor.policy.base import Policy
+from envactor.runtime.server_batching import Batcher, Reply
+from envactor.runtime.server_requests import (
+    CONTROL_FRAMES,
+    CTRL_KEY,
+    RequestError,
+    parse_request,
+)
+from envactor.runtime.wire import WireError, packb, unpackb
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import Request, Response, ServerConnection
+
+__all__ = ["PROTOCOL", "PolicyServer", "add_serve_args", "run_serve"]
+
+log = logging.getLogger("envactor.server")
+PROTOCOL = "envactor-ws/1"
+DEFAULT_MAX_SIZE = 16 * 2**20
+API_KEY_ENV = "ENVACTOR_API_KEY"
+
+
+def policy_metadata(policy: Policy) -> dict[str, Any]:
+    """What a client needs to know about ``policy`` (the first frame of every connection)."""
+    from envactor import __version__
+
+    p = policy.params
+    return {
+        "protocol": PROTOCOL,
+        "envactor_version": __version__,
+        "policy": policy.name,
+        "input_features": {
+            k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in policy.input_features.items()
+        },
+        "action_shape": list(policy.action_shape),
+        "n_action_steps": p.n_action_steps,
+        "control_hz": p.control_hz,
+        "weight_version": int(policy.weight_version),
+        "can_guide": policy.can_guide(),
+    }
+
+
+class PolicyServer:
+    """A WebSocket policy server (openpi wire format) with cross-client batching.
+
+    Args:
+        policy: the policy to serve (its normalizer does the (un)normalization).
+        host: interface to bind; loopback unless told otherwise.
+        port: TCP port (0 picks a free one; see ``port`` after ``start()``).
+        api_key: when set, a handshake without ``Authorization: Api-Key <key>`` gets HTTP 401.
+        max_batch: most requests per forward pass (1 disables batching).
+        batch_timeout_ms: how long a request may wait for others to join its batch.
+        max_size: largest accepted frame in bytes (a larger one closes its connection, 1009).
+        max_connections: handshakes beyond this many open connections get HTTP 503.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        max_batch: int = 16,
+        batch_timeout_ms: float = 2.0,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_connections: int = 256,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        if api_key is not None and not api_key:
+            raise ValueError("api_key must be a non-empty string or None")
+        self.policy = policy
+        self.host = host
+        self.port = int(port)
+        self.max_batch = int(max_batch)
+        self.batch_timeout_ms = float(batch_timeout_ms)
+        self.max_size = int(max_size)
+        self.max_connections = int(max_connections)
+        self._expected = None if api_key is None else f"Api-Key {api_key}".encode()
+        self._env_ids = itertools.count()
+        self._open = 0
+        self._batcher: Batcher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` (the bound port once running)."""
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Forward passes run, requests answered by them, open connections."""
+        b = self._batcher
+        return {
+            "forward_passes": b.forward_passes if b else 0,
+            "requests": b.requests if b else 0,
+            "connections": self._open,
+        }
+
+    # ------------------------------------------------------------------ running
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop()`` (or cancellation); ``ready`` is called once listening."""
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="envactor-infer")
+        self._batcher = Batcher(
+            self.policy,
+            self._executor,
+            max_batch=self.max_batch,
+            timeout_s=self.batch_timeout_ms / 1e3,
+            capacity=lambda: self._open,
+        )
+        batching = asyncio.create_task(self._batcher.run(), name="envactor-batcher")
+        try:
+            async with serve(
+                self._handler,
+                self.host,
+                self.port,
+                process_request=self._process_request,
+                max_size=self.max_size,
+                compression=None,
+            ) as srv:
+                self.port = int(next(iter(srv.sockets)).getsockname()[1])
+                if ready is not None:
+                    ready()
+                await self._stop.wait()
+        finally:
+            batching.cancel()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, timeout: float = 30.0) -> PolicyServer:
+        """Serve on a background thread (own event loop); returns once listening."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"policy server already running at {self.url}")
+        ready = threading.Event()
+        self._error = None
+
+        def main() -> None:
+            try:
+                asyncio.run(self.serve(ready.set))
+            except BaseException as exc:  # reported to start()'s caller
+                self._error = exc
+                ready.set()
+
+        self._thread = threading.Thread(target=main, name="envactor-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError(f"policy server did not start listening within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(
+                f"policy server could not start on {self.host}:{self.port}: {self._error}"
+            ) from self._error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and stop serving (from any thread)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> PolicyServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ connections
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Health check, API key and connection limit, before the WebSocket handshake."""
+        if request.path.split("?", 1)[0] == "/healthz":
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        if self._expected is not None:
+            got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(got, self._expected):
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key <key>'\n"
+                )
+        if self._open >= self.max_connections:
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"policy server is at its limit of {self.max_connections} connections\n",
+            )
+        return None
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        env_id = next(self._env_ids)
+        self._open += 1
+        try:
+            meta = policy_metadata(self.policy)
+            meta.update(env_id=env_id, max_batch=self.max_batch)
+            await conn.send(packb(meta))
+            async for message in conn:
+                await conn.send(packb(await self._reply(message, env_id)))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._open -= 1
+            try:
+                await self._on_worker(lambda: self.policy.reset([env_id]))
+            except Exception:  # a failing reset must not kill the server
+                log.exception("policy.reset([%s]) failed after the connection closed", env_id)
+
+    async def _on_worker(self, fn: Callable[[], Any]) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _reply(self, message: str | bytes, env_id: int) -> Reply:
+        """The reply to one frame; every refusal is an error reply, never an exception."""
+        arrived = time.perf_counter()
+        if isinstance(message, str):
+            return RequestError(
+                "ProtocolError", "expected a binary frame (msgpack), got a text frame"
+            ).reply()
+        try:
+            msg = unpackb(message)
+        except WireError as exc:
+            return RequestError("DecodeError", str(exc)).reply()
+        try:
+            if isinstance(msg, Mapping) and CTRL_KEY in msg:
+                return await self._control(msg, env_id)
+            req = parse_request(
+                msg, env_id, self.policy.input_features, self.policy.action_shape, arrived
+            )
+        except RequestError as exc:
+            return exc.reply()
+        except Exception as exc:  # a failing control frame is this client's error
+            log.exception("control frame %r failed for env %s", msg.get(CTRL_KEY), env_id)
+            return RequestError("ServerError", f"{type(exc).__name__}: {exc}").reply()
+        assert self._batcher is not None
+        return await self._batcher.submit(req)
+
+    async def _control(self, msg: Mapping[str, Any], env_id: int) -> Reply:
+        name = msg[CTRL_KEY]
+        if name in ("episode_start", "episode_end"):
+            await self._on_worker(lambda: self.policy.reset([env_id]))
+        elif name == "set_seed":
+            seed = msg.get("seed")
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise RequestError(
+                    "ProtocolError", f"set_seed: expected an int 'seed', got {seed!r}"
+                )
+            await self._on_worker(lambda: self.policy.set_env_seeds({env_id: seed}))
+        else:
+            raise RequestError(
+                "ProtocolError",
+                f"unknown control frame {name!r}; expected one of {list(CONTROL_FRAMES)}",
+            )
+        return {"ok": True, "ctrl": name, "env_id": env_id}
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``envactor serve CKPT``."""
+    parser.add_argument("ckpt", help="checkpoint directory, policy YAML or registered policy name")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Api-Key <key>' (default: ${API_KEY_ENV} if set)",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=16, help="1 disables batching")
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_SIZE / 2**20)
+    parser.add_argument("--override", "-o", action="append", default=[], help="dotted key=value")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``envactor serve``: build the policy and serve it until interrupted."""
+    from envactor.policy.build import build_policy
+
+    policy = build_policy(args.ckpt, device=args.device, overrides=args.override)
+    if not args.no_warmup:
+        policy.warmup()
+    server = PolicyServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        max_size=int(args.max_message_mb * 2**20),
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(
+            f"envactor serve: WARNING: listening on {args.host} without an API key; anyone who "
+            f"can reach the port can query the policy (set --api-key or ${API_KEY_ENV})",
+            file=sys.stderr,
+        )
+
+    def ready() -> None:
+        auth = "API key required" if args.api_key else "no API key"
+        print(
+            f"envactor serve: {policy.name} (weights v{policy.weight_version}) on {server.url} "
+            f"({auth}; max_batch={server.max_batch}); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(ready))
+    return 0

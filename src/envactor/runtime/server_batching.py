@@ -1,0 +1,154 @@
+"""Batching across clients: requests that arrive within a short window run as ONE forward pass.
+
+The batcher lives on the server's event loop; the forward passes run on one worker thread, so
+the loop keeps accepting frames (and filling the next batch) while the policy computes. Plain
+requests are grouped together and guided requests with equal settings together; a group that
+fails is re-run request by request, so one bad row only fails its own client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from envactor.policy.base import Policy
+from envactor.policy.boundary import ObservationError
+from envactor.runtime.server_requests import Guidance, InferRequest, RequestError
+
+log = logging.getLogger("envactor.server")
+
+Reply = dict[str, Any]
+
+
+class Batcher:
+    """Collects ``InferRequest``s and answers each with its reply dict.
+
+    Args:
+        policy: the served policy (only the worker thread calls it).
+        executor: the single-thread executor forward passes run on.
+        max_batch: at most this many requests per forward pass (1 turns batching off).
+        timeout_s: how long the oldest waiting request may wait for company.
+        capacity: optional callable -> how many requests could still arrive (the number of open
+            connections: each has at most one request in flight); when all are waiting, the batch
+            starts at once instead of sitting out the window.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        executor: Executor,
+        *,
+        max_batch: int = 16,
+        timeout_s: float = 0.002,
+        capacity: Callable[[], int] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if timeout_s < 0:
+            raise ValueError(f"batch timeout must be >= 0 seconds, got {timeout_s}")
+        self.policy = policy
+        self.executor = executor
+        self.max_batch = int(max_batch)
+        self.timeout_s = float(timeout_s)
+        self.capacity = capacity
+        self.forward_passes = 0
+        self.requests = 0
+        self._pending: deque[tuple[InferRequest, asyncio.Future[Reply]]] = deque()
+        self._wakeup = asyncio.Event()
+
+    def submit(self, req: InferRequest) -> asyncio.Future[Reply]:
+        """Queue ``req``; the future resolves to its reply (actions or an error)."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending.append((req, fut))
+        self._wakeup.set()
+        return fut
+
+    def _full(self) -> bool:
+        n = len(self._pending)
+        if n >= self.max_batch:
+            return True
+        return self.capacity is not None and n >= self.capacity()
+
+    async def run(self) -> None:
+        """The batching loop (runs until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._pending[0][0].arrived + self.timeout_s
+            while not self._full():
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except TimeoutError:
+                    break
+            take = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            groups: dict[Guidance | None, list[tuple[InferRequest, asyncio.Future[Reply]]]] = {}
+            for item in take:
+                groups.setdefault(item[0].group, []).append(item)
+            for items in groups.values():
+                reqs = [r for r, _ in items]
+                replies = await loop.run_in_executor(self.executor, self.forward, reqs)
+                for (_, fut), reply in zip(items, replies):
+                    if not fut.done():
+                        fut.set_result(reply)
+
+    # ------------------------------------------------------------------ worker thread
+    def forward(self, reqs: list[InferRequest]) -> list[Reply]:
+        """One forward pass for ``reqs`` (same group); a failing batch is retried row by row."""
+        start = time.perf_counter()
+        try:
+            chunks = self._call(reqs)
+        except Exception as exc:  # any policy failure becomes an error reply
+            if len(reqs) > 1:
+                return [self.forward([r])[0] for r in reqs]
+            if not isinstance(exc, ObservationError):
+                log.exception("inference failed for env %s", reqs[0].env_id)
+            kind = "ObservationError" if isinstance(exc, ObservationError) else "InferenceError"
+            return [RequestError(kind, f"{type(exc).__name__}: {exc}").reply()]
+        infer_ms = (time.perf_counter() - start) * 1e3
+        self.forward_passes += 1
+        self.requests += len(reqs)
+        version = int(self.policy.weight_version)
+        return [
+            {
+                "actions": np.ascontiguousarray(chunks[i], dtype=np.float32),
+                "server_timing": {
+                    "infer_ms": infer_ms,
+                    "queue_ms": max(0.0, (start - r.arrived) * 1e3),
+                    "batch_size": len(reqs),
+                },
+                "weight_version": version,
+            }
+            for i, r in enumerate(reqs)
+        ]
+
+    def _call(self, reqs: list[InferRequest]) -> np.ndarray:
+        keys = list(self.policy.input_features)
+        batch = {k: np.stack([r.obs[k] for r in reqs]) for k in keys}
+        ids = [r.env_id for r in reqs]
+        g = reqs[0].guidance
+        if g is None:
+            return self.policy.predict(batch, env_ids=ids)
+        return self.policy.guided_inference(
+            batch,
+            min_num_actions_executed=g.executed,
+            prev_chunk=[r.prev_action for r in reqs],  # type: ignore[misc]
+            delay=[r.delay for r in reqs],
+            env_ids=ids,
+            method=g.method,  # type: ignore[arg-type]
+            schedule=g.schedule,  # type: ignore[arg-type]
+            max_guidance_weight=g.max_guidance_weight,
+            jacobian=g.jacobian,  # type: ignore[arg-type]
+        )

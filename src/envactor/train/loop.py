@@ -1,0 +1,332 @@
+"""The learn-mode loop: dataset windows -> ``policy.learn_mode`` steps -> checkpoints and a log.
+
+One step: sample B windows uniformly (seeded numpy Generator), set the learning rate (linear
+warmup, then cosine to zero), and run ``policy.learn_mode.forward(batch)`` -- loss, backward,
+gradient clipping, AdamW, EMA via ``policy.update()``. That is the only training step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envactor.data import ChunkWindows, DatasetError, EpisodeDataset, dataset_stats
+from envactor.normalize import NormMode
+from envactor.policy import Policy, build_policy
+from envactor.train.state import (
+    CHECKPOINTS_DIR,
+    POLICY_DIR,
+    TrainError,
+    TrainerState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    restore_trainer_state,
+    save_training_checkpoint,
+)
+
+__all__ = [
+    "LOG_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "check_dataset",
+    "lr_at",
+    "norm_modes",
+    "train",
+]
+
+LOG_FILE = "train_log.jsonl"
+# Changing these between a run and its resume breaks the equality with an uninterrupted run.
+_RESUME_CHECKED = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one run (stored in every checkpoint's ``trainer_state.json``)."""
+
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    save_every: int = 1000
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "save_every", "log_every")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        bad += [
+            f"{k}={getattr(self, k)}"
+            for k in ("lr", "weight_decay", "warmup_steps")
+            if getattr(self, k) < 0
+        ]
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad.append(f"grad_clip={self.grad_clip} (use None to disable)")
+        if bad:
+            raise ValueError(f"invalid training settings: {', '.join(bad)}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    """What a ``train`` call did."""
+
+    policy: Policy
+    out_dir: Path
+    step: int  # optimizer steps done in total (including any before a resume)
+    checkpoint: Path  # the newest step directory's policy checkpoint (for build_policy)
+    log_path: Path
+    losses: list[float] = field(default_factory=list)  # per step of this call
+    samples_per_s: float = 0.0  # over this call's steps, excluding checkpoint writes
+
+
+def norm_modes(policy: Policy) -> dict[str, NormMode]:
+    """Normalization mode of each input feature and of ``"action"``, as the policy declares."""
+    modes: dict[str, NormMode] = {k: s.norm for k, s in policy.input_features.items()}
+    modes["action"] = policy.params.action_norm
+    return modes
+
+
+def check_dataset(policy: Policy, dataset: EpisodeDataset) -> None:
+    """Every declared input and the action exist in ``dataset`` with the policy's shapes."""
+    where = dataset.info_path
+    for key, spec in policy.input_features.items():
+        feat = dataset.features.get(key)
+        if feat is None:
+            raise DatasetError(
+                f"{where}: policy {policy.name!r} needs observation {key!r}; the dataset has "
+                f"{dataset.data_keys}"
+            )
+        if feat.shape != spec.shape or (spec.dtype == "uint8") != (feat.dtype == "uint8"):
+            raise DatasetError(
+                f"{where}: {key!r} is shape {list(feat.shape)} {feat.dtype}; policy "
+                f"{policy.name!r} expects shape {list(spec.shape)} {spec.dtype}"
+            )
+    want = (policy.params.action_dim,)
+    if dataset.features["action"].shape != want:
+        raise DatasetError(
+            f"{where}: 'action' is shape {list(dataset.features['action'].shape)}; policy "
+            f"{policy.name!r} expects {list(want)} (action_dim)"
+        )
+
+
+def _step(line: str) -> float:
+    """The ``step`` of a log line; a blank or torn line (crash mid-write) sorts last."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class _Log:
+    """JSON lines: one record per ``log_every`` steps with the mean of each scalar."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        kept = []
+        if start > 0 and path.is_file():  # drop records past the checkpoint we resume from
+            kept = [
+                ln for ln in path.read_text(encoding="utf-8").splitlines() if _step(ln) <= start
+            ]
+        path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._t0 = time.perf_counter()
+
+    def add(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+
+    def write(self, step: int, lr: float, batch_size: int) -> dict[str, float]:
+        now = time.perf_counter()
+        record: dict[str, float] = {"step": step}
+        record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        record["lr"] = lr
+        record["samples_per_s"] = self._count * batch_size / max(now - self._t0, 1e-9)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self._sums, self._count, self._t0 = {}, 0, now
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _build(source: Policy | str | Path, device: str, overrides: Sequence[str]) -> Policy:
+    if isinstance(source, Policy):
+        if overrides:
+            raise TrainError("overrides apply to a policy YAML or name, not to a built Policy")
+        return source.to(device)
+    return build_policy(source, device=device, overrides=overrides)
+
+
+def _resume_point(out: Path, resume: bool) -> Path | None:
+    if resume:
+        found = latest_checkpoint(out)
+        if found is None:
+            raise TrainError(f"resume=True but {out / CHECKPOINTS_DIR} holds no step_* checkpoint")
+        return found
+    existing = list_checkpoints(out)
+    if existing:
+        raise TrainError(
+            f"{out / CHECKPOINTS_DIR} already holds checkpoints ({existing[-1].name}, ...); "
+            "pass resume=True (--resume) to continue that run, or choose another out_dir"
+        )
+    return None
+
+
+def _warn_if_changed(state: TrainerState, cfg: TrainConfig) -> None:
+    saved = state.meta.get("config", {})
+    changed = [
+        f"{k}: {saved.get(k)} -> {getattr(cfg, k)}"
+        for k in _RESUME_CHECKED
+        if saved.get(k) != getattr(cfg, k)
+    ]
+    if changed:
+        warnings.warn(
+            f"resuming {state.path} with changed settings ({'; '.join(changed)}); the result "
+            "will differ from an uninterrupted run",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def train(
+    policy_or_yaml: Policy | str | Path,
+    dataset_root: str | Path | EpisodeDataset,
+    *,
+    out_dir: str | Path,
+    steps: int = 10_000,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 100,
+    grad_clip: float | None = 1.0,
+    save_every: int = 1000,
+    seed: int = 0,
+    resume: bool = False,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    log_every: int = 10,
+    stop_at: int | None = None,
+    keep_normalizer: bool = False,
+) -> TrainResult:
+    """Train a policy on a dataset's chunk windows; see docs/training.md.
+
+    ``policy_or_yaml`` is a built ``Policy``, a policy YAML, a registered name or a checkpoint
+    directory (fine-tuning). Normalizer stats are computed from the dataset (unless
+    ``keep_normalizer``) and travel in every checkpoint. EMA is on when the policy's
+    ``ema_decay`` param is set. ``resume`` continues from ``out_dir/checkpoints/last`` and, on
+    CPU with the same settings, reproduces an uninterrupted run exactly. ``stop_at`` ends this
+    call after that step (with a checkpoint) while the schedule still spans ``steps``.
+    """
+    cfg = TrainConfig(
+        steps, batch_size, lr, weight_decay, warmup_steps, grad_clip, save_every, seed, log_every
+    )
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"stop_at must be >= 1, got {stop_at}")
+    out = Path(out_dir)
+    resume_dir = _resume_point(out, resume)
+    torch.manual_seed(cfg.seed)  # before building: initial weights depend on the seed
+    policy = _build(policy_or_yaml, device, overrides)
+    if not policy.trainable:
+        raise TrainError(f"policy {policy.name!r} is not trainable (no _loss)")
+    if not policy.config:
+        raise TrainError(
+            f"policy {policy.name!r} has no resolved config, so no checkpoint could be saved; "
+            "build it with build_policy() or pass its YAML"
+        )
+    dataset = (
+        dataset_root if isinstance(dataset_root, EpisodeDataset) else EpisodeDataset(dataset_root)
+    )
+    check_dataset(policy, dataset)
+    state = load_trainer_state(resume_dir) if resume_dir is not None else None
+    if state is not None:
+        _warn_if_changed(state, cfg)
+        if state.normalizer is None:
+            raise TrainError(f"{state.path / POLICY_DIR}: checkpoint has no normalizer stats")
+        policy.normalizer = state.normalizer
+    elif not (keep_normalizer and policy.normalizer is not None):
+        policy.normalizer = dataset_stats(dataset, norm_modes(policy))
+    windows = ChunkWindows(dataset, policy.params.horizon, list(policy.input_features))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise TrainError(f"policy {policy.name!r} has no trainable parameters")
+    # foreach: one multi-tensor kernel per op (the default on CUDA; ~15% faster steps on CPU)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    learner = policy.learn_mode
+    learner.init(optimizer, grad_clip=cfg.grad_clip)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if state is not None:
+        restore_trainer_state(state, policy, optimizer, rng)
+        start = state.step
+    learner.step = start
+    end = cfg.steps if stop_at is None else min(int(stop_at), cfg.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / LOG_FILE, start)
+    ckpt = state.path if state is not None else None
+    losses: list[float] = []
+    busy = 0.0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=end,
+        initial=start,
+        disable=not progress,
+        desc=f"train {policy.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            lr_now = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            stats = learner.forward(windows.sample(rng, cfg.batch_size))
+            busy += time.perf_counter() - t0
+            if not math.isfinite(stats["loss"]):
+                raise TrainError(
+                    f"step {step + 1}: loss is {stats['loss']}; lower lr or check data"
+                )
+            losses.append(stats["loss"])
+            log.add(stats)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == end:
+                rec = log.write(done, lr_now, cfg.batch_size)
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.4g}",
+                    samples_s=f"{rec['samples_per_s']:.0f}",
+                    refresh=False,
+                )
+            bar.update(1)
+            if done % cfg.save_every == 0 or done == end:
+                ckpt = save_training_checkpoint(out, done, policy, optimizer, rng, asdict(cfg))
+    finally:
+        bar.close()
+        log.close()
+    if ckpt is None:  # nothing to do: resumed at or past the end
+        raise TrainError(f"{out}: no checkpoint written")
+    sps = len(losses) * cfg.batch_size / busy if busy > 0 else 0.0
+    return TrainResult(policy, out, max(end, start), ckpt / POLICY_DIR, out / LOG_FILE, losses, sps)

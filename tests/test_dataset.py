@@ -1,0 +1,290 @@
+"""Parquet episode datasets: round trip, atomic writes, corrupt files, chunk windows, stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow")
+
+from envactor.data import (
+    ChunkWindows,
+    DatasetError,
+    DatasetWriter,
+    EpisodeDataset,
+    Feature,
+    dataset_stats,
+)
+
+FEATURES: dict[str, Any] = {
+    "observation.state": {"shape": [3], "dtype": "float32"},
+    "observation.image": Feature((2, 2, 3), "uint8"),
+    "action": {"shape": [2], "dtype": "float32"},
+}
+
+
+def episode(t: int, seed: int, reward: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ep: dict[str, np.ndarray] = {
+        "observation.state": rng.normal(size=(t, 3)).astype(np.float32),
+        "observation.image": rng.integers(0, 256, size=(t, 2, 2, 3), dtype=np.uint8),
+        "action": rng.normal(size=(t, 2)).astype(np.float32),
+    }
+    if reward:
+        ep["reward"] = np.arange(t, dtype=np.float32)
+    return ep
+
+
+def write(root: Path, lengths: tuple[int, ...] = (3, 5), **kw: Any) -> list[dict[str, np.ndarray]]:
+    eps = [episode(n, seed=i, reward=i == 1) for i, n in enumerate(lengths)]
+    with DatasetWriter(root, FEATURES, fps=10, task="reach", **kw) as w:
+        for ep in eps:
+            w.add_episode(ep)
+    return eps
+
+
+def test_round_trip_values_and_metadata(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    eps = write(root)
+    ds = EpisodeDataset(root)
+    assert ds.num_episodes == 2 and ds.num_frames == 8 and ds.fps == 10.0 and ds.task == "reach"
+    assert ds.episode_lengths.tolist() == [3, 5] and ds.episode_starts.tolist() == [0, 3]
+    assert ds.data_keys == ["observation.state", "observation.image", "action", "reward", "done"]
+    assert ds.features["observation.image"] == Feature((2, 2, 3), "uint8")
+    for i, ep in enumerate(eps):
+        got = ds.episode(i)
+        for key, value in ep.items():
+            assert got[key].dtype == value.dtype
+            np.testing.assert_array_equal(got[key], value)
+    e1 = ds.episode(1)
+    assert e1["done"].tolist() == [False, False, False, False, True]
+    assert e1["index"].tolist() == [3, 4, 5, 6, 7]
+    np.testing.assert_allclose(e1["timestamp"], [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-7)
+    assert np.isnan(ds.episode(0)["reward"]).all()  # not recorded
+    assert list(ds.episode(0, ["action"])) == ["action"]
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["total_frames"] == 8 and info["codebase_version"] == "envactor-v1"
+    assert info["features"]["observation.image"] == {
+        "dtype": "uint8",
+        "shape": [2, 2, 3],
+        "names": None,
+    }
+    assert (root / "data/chunk-000/episode_000001.parquet").is_file()
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(root / "data/chunk-000/episode_000000.parquet")
+    inner = "fixed_size_list<element: fixed_size_list<element: uint8>[3]>[2]"
+    assert str(schema.field("observation.image").type) == f"fixed_size_list<element: {inner}>[2]"
+
+
+def test_writer_is_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    with pytest.raises(RuntimeError, match="boom"), DatasetWriter(root, FEATURES, fps=10) as w:
+        w.add_episode(episode(4, 0))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor a temp dir is left
+    write(root)
+    with pytest.raises(DatasetError, match="already exists; pass overwrite=True"):
+        DatasetWriter(root, FEATURES, fps=10)
+    write(root, lengths=(6,), overwrite=True)
+    assert EpisodeDataset(root).episode_lengths.tolist() == [6]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_writer_rejects_bad_episodes(tmp_path: Path) -> None:
+    w = DatasetWriter(tmp_path / "ds", FEATURES, fps=10)
+    ep = episode(4, 0)
+    with pytest.raises(DatasetError, match=r"'action' expected shape \(T, 2\), got \(4, 3\)"):
+        w.add_episode({**ep, "action": np.zeros((4, 3))})
+    with pytest.raises(DatasetError, match=r"missing keys \['observation.image'\]"):
+        w.add_episode({k: v for k, v in ep.items() if k != "observation.image"})
+    with pytest.raises(DatasetError, match=r"unknown keys \['extra'\]"):
+        w.add_episode({**ep, "extra": np.zeros(4)})
+    with pytest.raises(DatasetError, match="same number T > 0 of frames"):
+        w.add_episode({**ep, "action": np.zeros((5, 2))})
+    with pytest.raises(DatasetError, match="expected dtype uint8, got float64"):
+        w.add_episode({**ep, "observation.image": np.zeros((4, 2, 2, 3))})
+    with pytest.raises(DatasetError, match="must include 'action'"):
+        DatasetWriter(tmp_path / "x", {"observation.state": FEATURES["observation.state"]}, fps=5)
+    w.abort()
+
+
+@pytest.fixture()
+def dataset_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    write(root)
+    return root
+
+
+def test_truncated_parquet_names_the_file(dataset_root: Path) -> None:
+    path = dataset_root / "data/chunk-000/episode_000001.parquet"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    ds = EpisodeDataset(dataset_root)  # metadata is fine; the file is read on demand
+    ds.episode(0)
+    with pytest.raises(DatasetError, match=r"episode_000001\.parquet: not a readable Parquet"):
+        ds.episode(1)
+    with pytest.raises(DatasetError, match="episode_000001"):
+        ds.validate()
+
+
+def test_flipped_data_byte_is_caught_by_page_checksum(dataset_root: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = dataset_root / "data/chunk-000/episode_000000.parquet"
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)  # observation.state
+    last = (
+        (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size - 1
+    )
+    data = bytearray(path.read_bytes())
+    data[last] ^= 0xFF  # a value byte of the page; headers and footer stay intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        DatasetError, match=r"episode_000000\.parquet: cannot decode .*CRC checksum"
+    ):
+        EpisodeDataset(dataset_root).episode(0)
+
+
+def edit_info(root: Path, fn: Any) -> None:
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text())
+    fn(info)
+    path.write_text(json.dumps(info))
+
+
+def test_info_missing_a_feature(dataset_root: Path) -> None:
+    edit_info(dataset_root, lambda i: i["features"].pop("observation.state"))
+    ds = EpisodeDataset(dataset_root)
+    with pytest.raises(DatasetError) as exc:
+        ds.episode(0)
+    msg = str(exc.value)
+    assert "episode_000000.parquet: columns ['observation.state'] are not declared" in msg
+    assert "meta/info.json" in msg
+
+
+def test_column_of_the_wrong_shape(dataset_root: Path) -> None:
+    edit_info(dataset_root, lambda i: i["features"]["observation.state"].update(shape=[4]))
+    with pytest.raises(DatasetError) as exc:
+        EpisodeDataset(dataset_root).episode(1)
+    msg = str(exc.value)
+    assert "episode_000001.parquet: column 'observation.state': expected" in msg
+    assert "shape [4]" in msg and "found fixed_size_list<element: float>[3]" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda i: i.pop("fps"), r"info\.json: missing keys \['fps'\]"),
+        (
+            lambda i: i["features"].pop("action"),
+            r"info\.json: features is missing required .*action",
+        ),
+        (lambda i: i.update(total_frames=9), r"episodes\.jsonl: lists 2 episodes / 8 frames"),
+        (lambda i: i.update(codebase_version="v2.0"), "a LeRobot dataset"),
+        (lambda i: i["features"]["action"].update(dtype="complex64"), r"features\['action'\]"),
+    ],
+)
+def test_broken_info_json(dataset_root: Path, edit: Any, match: str) -> None:
+    edit_info(dataset_root, edit)
+    with pytest.raises(DatasetError, match=match):
+        EpisodeDataset(dataset_root)
+
+
+def test_missing_or_unparsable_metadata(dataset_root: Path) -> None:
+    (dataset_root / "meta/info.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"meta/info\.json: cannot read JSON"):
+        EpisodeDataset(dataset_root)
+    (dataset_root / "meta/info.json").unlink()
+    with pytest.raises(DatasetError, match=r"meta/info\.json: missing"):
+        EpisodeDataset(dataset_root)
+
+
+def test_row_count_must_match_episode_length(dataset_root: Path) -> None:
+    path = dataset_root / "meta/episodes.jsonl"
+    lines = path.read_text().splitlines()
+    lines[0], lines[1] = (
+        lines[0].replace('"length": 3', '"length": 4'),
+        lines[1].replace('"length": 5', '"length": 4'),
+    )
+    path.write_text("\n".join(lines))
+    with pytest.raises(DatasetError, match=r"episode_000000\.parquet: expected 4 rows .* found 3"):
+        EpisodeDataset(dataset_root).episode(0)
+
+
+def windows_root(tmp_path: Path) -> Path:
+    """Two episodes (lengths 3 and 5); action = 10 * episode + frame, state = [frame, -frame]."""
+    root = tmp_path / "w"
+    feats = {
+        "observation.state": {"shape": [2], "dtype": "float32"},
+        "action": {"shape": [1], "dtype": "float32"},
+    }
+    with DatasetWriter(root, feats, fps=5) as w:
+        for e, n in enumerate((3, 5)):
+            t = np.arange(n, dtype=np.float32)
+            w.add_episode(
+                {"observation.state": np.stack([t, -t], 1), "action": (10 * e + t)[:, None]}
+            )
+    return root
+
+
+def test_chunk_windows_pad_at_episode_ends(tmp_path: Path) -> None:
+    win = ChunkWindows(windows_root(tmp_path), horizon=4)
+    assert len(win) == 8 and win.obs_keys == ["observation.state"]
+    expected = {  # sample -> (episode, frame, actions, pad)
+        0: (0, 0, [0, 1, 2, 2], [0, 0, 0, 1]),
+        1: (0, 1, [1, 2, 2, 2], [0, 0, 1, 1]),
+        2: (0, 2, [2, 2, 2, 2], [0, 1, 1, 1]),
+        3: (1, 0, [10, 11, 12, 13], [0, 0, 0, 0]),
+        4: (1, 1, [11, 12, 13, 14], [0, 0, 0, 0]),
+        5: (1, 2, [12, 13, 14, 14], [0, 0, 0, 1]),
+        7: (1, 4, [14, 14, 14, 14], [0, 1, 1, 1]),
+    }
+    for i, (e, t, acts, pad) in expected.items():
+        s = win[i]
+        assert win.locate(i) == (e, t)
+        assert s["action"].shape == (4, 1)
+        assert s["action"][:, 0].tolist() == acts
+        assert s["action_is_pad"].tolist() == [bool(p) for p in pad]
+        assert s["observation.state"].tolist() == [t, -t]
+    b = win.batch([2, 7, 3])
+    assert b["action"].shape == (3, 4, 1) and b["action_is_pad"].dtype == np.bool_
+    assert b["action"][:, :, 0].tolist() == [[2, 2, 2, 2], [14, 14, 14, 14], [10, 11, 12, 13]]
+    assert b["observation.state"][:, 0].tolist() == [2, 4, 0]
+    with pytest.raises(IndexError, match=r"in \[0, 8\)"):
+        win.batch([8])
+
+
+def test_chunk_windows_sample_is_seeded(tmp_path: Path) -> None:
+    win = ChunkWindows(windows_root(tmp_path), horizon=2)
+    a = win.sample(np.random.default_rng(3), 16)
+    b = win.sample(np.random.default_rng(3), 16)
+    c = win.sample(np.random.default_rng(4), 16)
+    np.testing.assert_array_equal(a["action"], b["action"])
+    assert not np.array_equal(a["action"], c["action"])
+    with pytest.raises(DatasetError, match="not among features"):
+        ChunkWindows(windows_root(tmp_path / "x"), 2, obs_keys=["observation.nope"])
+
+
+def test_stats_equal_numpy_over_all_frames(dataset_root: Path) -> None:
+    ds = EpisodeDataset(dataset_root)
+    modes = {"observation.state": "mean_std", "action": "min_max", "observation.image": "image"}
+    norm = dataset_stats(ds, modes)  # type: ignore[arg-type]
+    state = np.concatenate([ds.episode(i)["observation.state"] for i in range(2)]).astype(
+        np.float64
+    )
+    action = np.concatenate([ds.episode(i)["action"] for i in range(2)]).astype(np.float64)
+    assert state.shape == (8, 3)
+    s = norm.stats["observation.state"]
+    np.testing.assert_allclose(s["mean"], state.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s["std"], state.std(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s["min"], state.min(0), rtol=0, atol=0)
+    a = norm.stats["action"]
+    np.testing.assert_allclose(a["min"], action.min(0), rtol=0, atol=0)
+    np.testing.assert_allclose(a["max"], action.max(0), rtol=0, atol=0)
+    assert norm.modes["observation.image"] == "image" and norm.stats["observation.image"] == {}
+    with pytest.raises(DatasetError, match=r"no column for normalized keys \['observation.nope'\]"):
+        dataset_stats(ds, {"observation.nope": "mean_std"})
