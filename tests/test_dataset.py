@@ -272,7 +272,7 @@ def test_chunk_windows_sample_is_seeded(tmp_path: Path) -> None:
 def test_stats_equal_numpy_over_all_frames(dataset_root: Path) -> None:
     ds = EpisodeDataset(dataset_root)
     modes = {"observation.state": "mean_std", "action": "min_max", "observation.image": "image"}
-    norm = dataset_stats(ds, modes)  # type: ignore[arg-type]
+    norm = dataset_stats(ds, modes)
     state = np.concatenate([ds.episode(i)["observation.state"] for i in range(2)]).astype(
         np.float64
     )

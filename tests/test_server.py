@@ -386,6 +386,14 @@ def test_client_reconnects_after_restart_and_reports_a_gone_server() -> None:
         PolicyClient(port=port, retries=2, backoff_s=0.01)
 
 
+def test_connection_limit_and_busy_port() -> None:
+    with serving(mlp_policy(), max_connections=1) as srv, PolicyClient(port=srv.port):
+        with pytest.raises(ServerUnavailableError, match="HTTP 503"):
+            PolicyClient(port=srv.port, retries=2, backoff_s=0.01)
+        with pytest.raises(RuntimeError, match=rf"could not start on 127.0.0.1:{srv.port}"):
+            PolicyServer(mlp_policy(), port=srv.port).start()
+
+
 # ---------------------------------------------------------------------------- RemotePolicy
 def test_recover_guidance_rebuilds_the_same_mask() -> None:
     rng = np.random.default_rng(0)
