@@ -85,8 +85,9 @@ def run_controller(
     return ctrl.run(seconds).to_dict()
 
 
-def _grid_loop(hz: float, seconds: float, out: Any) -> None:
+def _grid_loop(hz: float, seconds: float, out: Any, ready: Any) -> None:
     """Child process: sleep to a fixed grid and record lateness (the control loop's timing)."""
+    ready.set()
     period, origin = 1.0 / hz, time.monotonic()
     late = []
     for k in range(int(seconds * hz)):
@@ -101,12 +102,13 @@ def _grid_loop(hz: float, seconds: float, out: Any) -> None:
 
 def process_floor(policy: Policy, hz: float, seconds: float) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    child = ctx.Process(target=_grid_loop, args=(hz, seconds, q))
+    q, ready = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=_grid_loop, args=(hz, seconds, q, ready))
     obs = {STATE: np.zeros((1, 3), np.float32)}
     s = policy.params.n_action_steps
     prev = [np.zeros((policy.params.horizon - s, 1), np.float32)]
     child.start()
+    ready.wait()  # the child has imported everything: measure from its first period
     lat = []
     next_t = time.monotonic()
     while child.is_alive() and q.empty():

@@ -223,6 +223,35 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+# ---------------------------------------------------------------------------- serve / run
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve a policy over WebSocket (openpi wire format)."""
+    from envactor.runtime.server import run_serve as _run
+
+    return _run(args)
+
+
+@command("serve", "serve a policy over WebSocket (openpi wire format)")
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from envactor.runtime.server import add_serve_args
+
+    add_serve_args(p)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Run a policy in real time on a simulated robot."""
+    from envactor.runtime.realtime_cli import run_run as _run
+
+    return _run(args)
+
+
+@command("run", "run a policy in real time (control and inference loops) on a simulated robot")
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from envactor.runtime.realtime_cli import add_run_args
+
+    add_run_args(p)
+
+
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     """The ``envactor`` argument parser with every registered subcommand."""

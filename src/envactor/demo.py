@@ -39,8 +39,9 @@ class DemoSettings:
     num_envs: int = 16
     delays: tuple[int, ...] = (0, 1, 2, 3, 4)
     executors: tuple[str, ...] = EXECUTORS
+    task: str = TASK
     horizon: int = 8
-    n_action_steps: int = 4
+    n_action_steps: int = 4  # s of the sync executor (Diffusion Policy's H/2)
     action_noise_std: float = 0.1
     overrides: list[str] = field(default_factory=list)
 
@@ -70,13 +71,14 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
 
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
-    spec = task_spec(TASK)
+    task = settings.task
+    spec = task_spec(task)
     env_kwargs = {"action_noise_std": settings.action_noise_std}
     timings: dict[str, float] = {}
 
-    t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {TASK}")
+    t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {task}")
     data = collect(
-        TASK, episodes=settings.demo_episodes, out=out / "dataset", num_envs=settings.num_envs,
+        task, episodes=settings.demo_episodes, out=out / "dataset", num_envs=settings.num_envs,
         seed=settings.seed, overwrite=True, progress=progress, env_kwargs=env_kwargs,
     )  # fmt: skip
     timings["collect_s"] = time.perf_counter() - t0
@@ -101,7 +103,7 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
 
     n_exec, delays = len(settings.executors), list(settings.delays)
     t0 = _phase(f"3/3 evaluate {n_exec} executors x delays {delays}")
-    expert = evaluate(spec["expert_config"], TASK, num_envs=settings.num_envs,
+    expert = evaluate(spec["expert_config"], task, num_envs=settings.num_envs,
                       num_episodes=settings.eval_episodes, seed=10_000 + settings.seed,
                       env_kwargs=env_kwargs)  # fmt: skip
     rows: list[dict[str, Any]] = []
@@ -113,8 +115,9 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         bar = tqdm(total=len(grid), desc="evaluate", unit="run")
     for executor, delay in grid:
         res = evaluate(
-            policy, TASK, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
+            policy, task, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
             executor=executor, delay=delay, seed=10_000 + settings.seed, env_kwargs=env_kwargs,
+            n_action_steps=execution_horizon(executor, delay, settings.n_action_steps),
         )  # fmt: skip
         summary = res.summary()
         rows.append({k: summary[k] for k in COLUMNS})
@@ -126,7 +129,7 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     timings["evaluate_s"] = time.perf_counter() - t0
 
     meta = {
-        "task": TASK,
+        "task": task,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "dataset": {
             "episodes": data.episodes,
@@ -146,6 +149,13 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     return rows
 
 
+def execution_horizon(executor: str, delay: int, sync_s: int) -> int:
+    """s per executor: ``sync`` runs its receding horizon; the asynchronous ones replan as soon
+    as the previous inference is done, s = max(d, 1), the smallest feasible s (d <= H - s
+    holds for d <= H/2). Temporal ensembling queries every step whatever s is."""
+    return sync_s if executor == "sync" else max(delay, 1)
+
+
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """results.csv, results.json and success_vs_delay.png under ``out``."""
     with open(out / "results.csv", "w", newline="") as f:
@@ -153,10 +163,13 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.json").write_text(json.dumps({"rows": rows, **meta}, indent=2))
-    plot_success(rows, out / "success_vs_delay.png", expert=meta["expert"]["success_rate"])
+    plot_success(rows, out / "success_vs_delay.png", expert=meta["expert"]["success_rate"],
+                 title=f"{meta['task']}: flow policy")  # fmt: skip
 
 
-def plot_success(rows: list[dict[str, Any]], path: Path, *, expert: float | None = None) -> None:
+def plot_success(
+    rows: list[dict[str, Any]], path: Path, *, expert: float | None = None, title: str = ""
+) -> None:
     """Success rate vs delay, one line per executor."""
     import matplotlib
 
@@ -173,7 +186,7 @@ def plot_success(rows: list[dict[str, Any]], path: Path, *, expert: float | None
     ax.set_xlabel("inference delay d (control steps)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{TASK}: flow policy, H=8")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -186,7 +199,7 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{TASK}: success / return / jerk by executor and delay")
+    table = Table(title=f"{meta['task']}: success / return / jerk by executor and delay")
     for col in ("executor", "delay", "success_rate", "return_mean", "jerk_mean", "held_steps_mean"):
         table.add_column(col, justify="right" if col != "executor" else "left")
     for r in rows:

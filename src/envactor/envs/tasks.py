@@ -8,7 +8,7 @@ task is registered by entry-point string, so MuJoCo is imported only when that e
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,15 @@ class Task:
     control_hz: float
     max_episode_steps: int
     success: str
+    expert_yaml: str | None = None
+    """File name of the expert's YAML in ``configs/``; None: ``<expert>.yaml``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor keywords the id is registered with (``gym.make`` keywords override them)."""
 
     @property
     def expert_config(self) -> Path:
-        """The expert's default policy YAML."""
-        return CONFIG_DIR / f"{self.expert}.yaml"
+        """The expert's policy YAML for this task (its control rate matches the task's)."""
+        return CONFIG_DIR / (self.expert_yaml or f"{self.expert}.yaml")
 
     def spec(self) -> dict[str, Any]:
         """Plain-dict description (see :func:`task_spec`)."""
@@ -61,7 +65,19 @@ TASKS: dict[str, Task] = {
             action_dim=1,
             control_hz=20.0,
             max_episode_steps=200,
-            success="|wrap(theta)| < 0.3 rad on each of the last 30 steps",
+            success="|wrap(theta)| < 0.3 rad on each of the last 30 steps (1.5 s)",
+        ),
+        Task(
+            env_id="envactor/PendulumSwingUp50-v0",
+            entry_point="envactor.envs.pendulum:PendulumSwingUpEnv",
+            expert="pendulum_expert",
+            state_dim=3,
+            action_dim=1,
+            control_hz=50.0,
+            max_episode_steps=400,
+            success="|wrap(theta)| < 0.3 rad on each of the last 75 steps (1.5 s)",
+            expert_yaml="pendulum_expert_50hz.yaml",
+            kwargs={"dt": 0.02},
         ),
         Task(
             env_id="envactor/ReacherReach-v0",
@@ -85,6 +101,7 @@ def register_tasks() -> None:
                 id=task.env_id,
                 entry_point=task.entry_point,
                 max_episode_steps=task.max_episode_steps,
+                kwargs=dict(task.kwargs),
             )
 
 

@@ -335,7 +335,10 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ LeRobot-style contract
     def reset(self, env_ids: EnvIds | None = None) -> None:
-        """Clear pending actions and per-env state of ``env_ids`` (all envs when None)."""
+        """Clear pending actions and per-env state of ``env_ids`` (all envs when None).
+
+        Per-env noise generators are kept (their streams continue); reseed with
+        ``set_env_seeds``."""
         self._queues.reset(env_ids)
         self._reset(None if env_ids is None else list(env_ids))
 

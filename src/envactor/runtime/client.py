@@ -48,9 +48,11 @@ class RemoteError(RuntimeError):
         self.message = message
 
 
-def _legacy(connect: Any) -> dict[str, bool]:
-    """websockets >= 17 asks callers that keep the connection outside a ``with`` to say so."""
-    return {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+def _version_kwargs(connect: Any) -> dict[str, Any]:
+    """Keyword arguments that only some websockets versions take: no proxy from the environment
+    (>= 15), and a connection kept outside a ``with`` block said so (>= 17)."""
+    params = inspect.signature(connect).parameters
+    return {k: v for k, v in (("proxy", None), ("legacy", True)) if k in params}
 
 
 def _plain(value: Any) -> Any:
@@ -183,7 +185,7 @@ class PolicyClient:
             try:
                 conn = open_ws(
                     self.uri, additional_headers=headers, open_timeout=self.timeout,
-                    max_size=self.max_size, compression=None, proxy=None, **_legacy(connect),
+                    max_size=self.max_size, compression=None, **_version_kwargs(connect),
                 )  # fmt: skip
             except InvalidStatus as exc:
                 code = exc.response.status_code

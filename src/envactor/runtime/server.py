@@ -265,8 +265,8 @@ class PolicyServer:
             )
         except RequestError as exc:
             return exc.reply()
-        except Exception as exc:  # a failing control frame is this client's error
-            log.exception("control frame %r failed for env %s", msg.get(CTRL_KEY), env_id)
+        except Exception as exc:  # e.g. a failing policy.reset: this client's error only
+            log.exception("request of env %s failed", env_id)
             return RequestError("ServerError", f"{type(exc).__name__}: {exc}").reply()
         assert self._batcher is not None
         return await self._batcher.submit(req)
