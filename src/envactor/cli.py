@@ -199,10 +199,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- demo
 def run_demo(args: argparse.Namespace) -> int:
     """Collect, train, evaluate every executor under delay; write runs/demo/."""
+    import torch
+
     from envactor.demo import DemoSettings
     from envactor.demo import run_demo as _run
-
-    import torch
 
     # One intra-op thread by default: these nets are small, and OpenMP threads spinning against
     # any other load on a 2-core machine made training 10-20x slower in our measurements.

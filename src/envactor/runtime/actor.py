@@ -33,7 +33,7 @@ class EpisodeMetrics:
     requests: int
     truncated: bool
     trajectory: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    """With ``record=True``: observation keys ``(T, ...)``, ``action`` ``(T, A)``, ``reward`` (T,)."""
+    """With ``record=True``: observation keys ``(T, ...)``, ``action`` ``(T, A)``, ``reward``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Metrics as plain JSON-able values (the trajectory left out)."""
