@@ -15,12 +15,13 @@ import envactor.envs as envs_pkg
 from envactor import build_policy
 from envactor.envs import task_spec
 from envactor.envs.pendulum import PendulumSwingUpEnv
-from envactor.envs.pendulum_expert import PendulumExpert
+from envactor.envs.pendulum_expert import PendulumExpert, lqr_gains
 from envactor.envs.reacher_expert import inverse_kinematics
 from envactor.runtime.actor import VectorActor
 from envactor.runtime.evaluate import make_vector_env
 
 PENDULUM = "envactor/PendulumSwingUp-v0"
+PENDULUM50 = "envactor/PendulumSwingUp50-v0"
 REACHER = "envactor/ReacherReach-v0"
 STATE = "observation.state"
 
@@ -33,9 +34,9 @@ def obs_of(theta: float, dot: float) -> dict[str, np.ndarray]:
     return {STATE: np.array([[math.cos(theta), math.sin(theta), dot]], dtype=np.float32)}
 
 
-def run_pendulum(policy, n: int, noise: float, seed: int = 0):  # type: ignore[no-untyped-def]
+def run_pendulum(policy, n: int, noise: float, seed: int = 0, env_id: str = PENDULUM):  # type: ignore[no-untyped-def]
     """n episodes on n envs (one each, so every env still holds its final state)."""
-    envs = {i: gym.make(PENDULUM, action_noise_std=noise) for i in range(n)}
+    envs = {i: gym.make(env_id, action_noise_std=noise) for i in range(n)}
     metrics = VectorActor(policy, "sync").run(envs, n, seed=seed)
     by_env = {m.env_id: m for m in metrics}
     dirs = {i: envs[i].unwrapped.swing_direction for i in envs}  # type: ignore[attr-defined]
@@ -185,6 +186,86 @@ def test_expert_reproducible_and_chunked() -> None:
     chunk = h8.predict(obs_of(2.0, -3.0))[0, :, 0]
     assert chunk.shape == (8,) and chunk[0] == pytest.approx(-2.0)
     assert np.all(np.abs(chunk) <= 2.0)
+
+
+# ---------------------------------------------------------------------- pendulum at 50 Hz
+def test_pendulum50_registered_with_its_expert() -> None:
+    assert gym.registry[PENDULUM50].max_episode_steps == 400
+    spec = task_spec(PENDULUM50)
+    assert spec["control_hz"] == 50.0 and spec["expert"] == "pendulum_expert"
+    assert spec["expert_config"].endswith("pendulum_expert_50hz.yaml")
+    assert task_spec(PENDULUM)["expert_config"].endswith("pendulum_expert.yaml")
+    pol, pol20 = expert(PENDULUM50), expert(PENDULUM)
+    assert pol.dt == pytest.approx(0.02) and pol.balance_gains == (11.11, 2.85)
+    assert pol20.dt == pytest.approx(0.05) and pol20.balance_gains == (10.31, 2.49)
+    with pytest.raises(Exception, match="needs its control period"):
+        expert(PENDULUM50, "policy.params.control_hz=null")
+
+
+def test_pendulum50_one_step_of_the_dynamics() -> None:
+    # theta_dot' = theta_dot + (15 sin theta + 3 u) dt, theta' = theta + theta_dot' dt
+    for env_id, dt, dot_worked in ((PENDULUM50, 0.02, 1.36279), (PENDULUM, 0.05, 1.90697)):
+        env = gym.make(env_id)
+        assert env.unwrapped.dt == dt  # type: ignore[attr-defined]
+        env.reset(seed=0, options={"state": (2.0, 1.0)})
+        obs, reward, *_ = env.step(np.array([1.5]))
+        dot = 1.0 + (15 * math.sin(2.0) + 4.5) * dt
+        theta = 2.0 + dot * dt
+        np.testing.assert_allclose(obs, [math.cos(theta), math.sin(theta), dot], atol=1e-6)
+        assert obs[2] == pytest.approx(dot_worked, abs=1e-5)
+        assert reward == pytest.approx(-(2.0**2 + 0.1 * 1.0 + 0.001 * 1.5**2))
+
+
+def test_pendulum50_success_is_the_last_1_5_seconds() -> None:
+    env = gym.make(PENDULUM50, max_episode_steps=80)
+    assert env.unwrapped.hold_steps == 75  # type: ignore[attr-defined]
+    env.reset(seed=0, options={"state": (-2 * math.pi, 0.0)})  # upright, reached cw
+    infos = [env.step(np.array([0.0]))[-1] for _ in range(80)]
+    assert [i["success"] for i in infos].index(True) == 74  # 75 steps = 1.5 s
+    assert infos[-1]["swing_direction"] == -1
+    assert PendulumSwingUpEnv(dt=0.02, hold_time=0.1).hold_steps == 5
+    assert PendulumSwingUpEnv(dt=0.025).hold_steps == 60
+    with pytest.raises(ValueError, match="not both"):
+        PendulumSwingUpEnv(hold_steps=3, hold_time=1.0)
+    with pytest.raises(ValueError, match="dt must be in"):
+        PendulumSwingUpEnv(dt=0.0)
+
+
+def test_lqr_gains_worked_values() -> None:
+    np.testing.assert_allclose(lqr_gains(0.05, decimals=None), (10.3077, 2.4931), atol=1e-4)
+    np.testing.assert_allclose(lqr_gains(0.02, decimals=None), (11.1070, 2.8536), atol=1e-4)
+    # dt -> 0: the continuous LQR, k_theta = (15 + sqrt(405)) / 3, k_dot = sqrt(2 sqrt(405) + 48) / 3
+    k_cont = ((15 + math.sqrt(405)) / 3, math.sqrt(2 * math.sqrt(405) + 48) / 3)
+    np.testing.assert_allclose(lqr_gains(0.001, decimals=None), k_cont, atol=0.05)
+    assert abs(lqr_gains(0.02, decimals=None)[0] - k_cont[0]) > 0.5  # dt matters
+
+
+def test_expert50_chunk_is_the_law_rolled_out_at_dt() -> None:
+    h8 = expert(PENDULUM50, "policy.params.horizon=8", "policy.params.direction=ccw")
+    chunk = h8.predict(obs_of(0.1, 0.2))[0, :, 0]
+    assert chunk[0] == pytest.approx(-(11.11 * 0.1 + 2.85 * 0.2), abs=1e-5)
+    h1 = expert(PENDULUM50, "policy.params.direction=ccw")
+    env = gym.make(PENDULUM50)
+    obs, _ = env.reset(options={"state": (0.1, 0.2)})
+    closed_loop = []
+    for _ in range(8):
+        closed_loop.append(h1.predict({STATE: obs[None]})[0, 0, 0])
+        obs = env.step(np.array([closed_loop[-1]]))[0]
+    np.testing.assert_allclose(chunk, closed_loop, atol=1e-4)
+    h8_20 = expert(PENDULUM, "policy.params.horizon=8", "policy.params.direction=ccw")
+    assert np.abs(h8_20.predict(obs_of(0.1, 0.2))[0, 1:, 0] - chunk[1:]).max() > 0.05
+
+
+def test_expert50_succeeds_both_directions_with_noise() -> None:
+    pol = expert(PENDULUM50)
+    metrics, by_env, dirs = run_pendulum(pol, 16, noise=0.1, env_id=PENDULUM50)
+    assert [m.length for m in metrics] == [400] * 16
+    assert np.mean([m.success for m in metrics]) >= 0.9
+    counts = {d: list(dirs.values()).count(d) for d in (-1, 1)}
+    assert counts[-1] >= 3 and counts[1] >= 3, counts
+    for e, d in dirs.items():
+        if by_env[e].success:
+            assert pol.committed_direction(e) == d
 
 
 # ---------------------------------------------------------------------- reacher

@@ -58,9 +58,10 @@ def lqr_gains(
 
     The infinite-horizon discrete LQR of the env's semi-implicit Euler step linearized upright
     (``theta_dot' = theta_dot + (15 theta + 3 u) dt``, ``theta' = theta + theta_dot' dt``), with
-    per-step costs ``theta' Q theta + R u^2``, solved by Riccati iteration. Rounded to
-    ``decimals`` (2 by default: the 20 Hz expert's published gains (10.31, 2.49)); None keeps
-    full precision.
+    per-step cost ``x^T Q x + R u^2`` on ``x = (theta, theta_dot)``, solved by Riccati iteration.
+    Rounded to ``decimals`` (2 by default, which reproduces the gains the 20 Hz expert has always
+    used, (10.31, 2.49)); None keeps full precision. As dt shrinks the gains tend to the
+    continuous-time LQR's (11.71, 3.13).
     """
     if dt <= 0:
         raise ValueError(f"lqr_gains: dt must be > 0 seconds, got {dt}")
@@ -130,10 +131,8 @@ class PendulumExpert(Policy):
         super().__init__(components, normalizer, **params)
         p: PendulumExpertParams = self.params  # type: ignore[assignment]
         assert p.control_hz is not None  # checked by PendulumExpertParams
-        self.dt = 1.0 / p.control_hz
-        """The control period (s) the expert plans with: ``1 / control_hz``."""
-        self.balance_gains = p.balance_gains or lqr_gains(self.dt)
-        """(k_theta, k_dot) of the balance law in use."""
+        self.dt = 1.0 / p.control_hz  # the control period (s) the expert plans with
+        self.balance_gains = p.balance_gains or lqr_gains(self.dt)  # (k_theta, k_dot) in use
         self._direction: dict[Hashable, float] = {}
 
     def committed_direction(self, env_id: Hashable) -> int | None:

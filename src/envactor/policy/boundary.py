@@ -72,6 +72,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A CPU float32 numpy copy of ``t`` (bfloat16 included)."""
     if t.dtype != torch.float32:
         t = t.float()
+    if t.device.type == "cpu" and not t.requires_grad:
+        return t.numpy()
     return t.detach().cpu().numpy()
 
 

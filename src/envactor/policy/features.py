@@ -12,7 +12,8 @@ from envactor.policy.base import EnvIds, Policy, PolicyError
 def flat_observation(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
     """Concatenate the flattened observation features in declared order: (B, sum of sizes)."""
     if len(keys) == 1:
-        return obs[keys[0]].flatten(1).float()
+        x = obs[keys[0]]
+        return (x if x.dim() == 2 else x.flatten(1)).float()
     return torch.cat([obs[k].flatten(1).float() for k in keys], dim=1)
 
 
