@@ -79,6 +79,11 @@ class DictEnvBatch(EnvBatch):
             env.close()
 
 
+def _present(info: Mapping[str, Any], key: str, i: int) -> bool:
+    mask = info.get("_" + key)
+    return True if mask is None else bool(mask[i])
+
+
 def _split(x: Any, i: int) -> Any:
     if isinstance(x, Mapping):
         return {k: _split(v, i) for k, v in x.items()}
@@ -132,17 +137,15 @@ class VectorEnvBatch(EnvBatch):
             self._finished &= ~idle
         obs, rew, term, trunc, info = self.envs.step(self._last.copy())
         self._finished |= np.asarray(term, bool) | np.asarray(trunc, bool)
+        batched = self.adapt(obs)  # adapt once for the batch, then take row views
+        keys = [k for k in info if not k.startswith("_")]
+        rew_l, term_l, trunc_l = rew.tolist(), np.asarray(term).tolist(), np.asarray(trunc).tolist()
         out = {}
         for e in actions:
             i = self._pos[e]
-            env_info = {
-                k: _split(v, i)
-                for k, v in info.items()
-                if not k.startswith("_") and info.get("_" + k, np.ones(len(self.ids), bool))[i]
-            }
-            out[e] = StepResult(
-                self.adapt(_split(obs, i)), float(rew[i]), bool(term[i]), bool(trunc[i]), env_info
-            )
+            env_info = {k: _split(info[k], i) for k in keys if _present(info, k, i)}
+            row = {k: v[i] for k, v in batched.items()}
+            out[e] = StepResult(row, rew_l[i], term_l[i], trunc_l[i], env_info)
         return out
 
     def close(self) -> None:
