@@ -234,7 +234,8 @@ def test_pendulum50_success_is_the_last_1_5_seconds() -> None:
 def test_lqr_gains_worked_values() -> None:
     np.testing.assert_allclose(lqr_gains(0.05, decimals=None), (10.3077, 2.4931), atol=1e-4)
     np.testing.assert_allclose(lqr_gains(0.02, decimals=None), (11.1070, 2.8536), atol=1e-4)
-    # dt -> 0: the continuous LQR, k_theta = (15 + sqrt(405)) / 3, k_dot = sqrt(2 sqrt(405) + 48) / 3
+    # dt -> 0: the continuous LQR (closed-loop s^2 + c1 s + c0 with c0 = sqrt(15^2 + 9 / 0.05)):
+    # k_theta = (15 + c0) / 3, k_dot = sqrt(2 c0 + 30 + 0.9 / 0.05) / 3
     k_cont = ((15 + math.sqrt(405)) / 3, math.sqrt(2 * math.sqrt(405) + 48) / 3)
     np.testing.assert_allclose(lqr_gains(0.001, decimals=None), k_cont, atol=0.05)
     assert abs(lqr_gains(0.02, decimals=None)[0] - k_cont[0]) > 0.5  # dt matters

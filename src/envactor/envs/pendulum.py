@@ -1,4 +1,4 @@
-"""``envactor/PendulumSwingUp-v0`` (20 Hz) and ``-50-v0`` (50 Hz): gymnasium's Pendulum, hanging.
+"""Pendulum swing-up from hanging: ``envactor/PendulumSwingUp-v0`` (20 Hz) and ``...50-v0`` (50 Hz).
 
 Dynamics, observation and reward are gymnasium's ``Pendulum-v1`` (g = 10, m = l = 1, max torque
 2.0, speed clipped to 8 rad/s, semi-implicit Euler), with the step ``dt`` a constructor argument
