@@ -4,7 +4,8 @@ Importing this package registers the tasks with gymnasium and the experts with
 ``POLICY_REGISTRY`` (``pendulum_expert``, ``reacher_expert``). MuJoCo is imported only when
 ``envactor/ReacherReach-v0`` is made.
 
-    envactor/PendulumSwingUp-v0   pendulum swing-up from hanging, bimodal expert
+    envactor/PendulumSwingUp-v0   pendulum swing-up from hanging, bimodal expert (20 Hz)
+    envactor/PendulumSwingUp50-v0 the same task controlled at 50 Hz (the demo's)
     envactor/ReacherReach-v0      MuJoCo 2-link reacher, IK + joint PD expert
 """
 
