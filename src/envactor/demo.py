@@ -183,6 +183,7 @@ def plot_success(
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=executor)
     if expert is not None:
         ax.axhline(expert, color="gray", linestyle="--", linewidth=1, label="expert (d=0)")
+    ax.set_xticks(sorted({r["delay"] for r in rows}))
     ax.set_xlabel("inference delay d (control steps)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
