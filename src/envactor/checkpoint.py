@@ -32,6 +32,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from envactor.fsio import fsync_path as _fsync_path
+from envactor.fsio import write_text as _write_text
 from envactor.normalize import Normalizer, NormalizerError
 from envactor.weights import WeightsError, check_state_dict, load_state_dict_into
 
@@ -86,21 +88,6 @@ def _check_component_name(name: str) -> None:
             f"component name {name!r} cannot be a file name: expected a non-empty name without "
             f"path separators or a leading '.', other than 'normalizer'"
         )
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

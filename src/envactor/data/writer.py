@@ -29,24 +29,10 @@ from envactor.data.format import (
     episode_relpath,
     require_pyarrow,
 )
+from envactor.fsio import fsync_path as _fsync
+from envactor.fsio import write_text as _write_text
 
 __all__ = ["DatasetWriter"]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _to_arrow(values: np.ndarray, feature: Feature) -> Any:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from envactor.fsio import fsync_path as _fsync
+from envactor.fsio import write_text as _write_text
 from envactor.normalize import Normalizer
 from envactor.policy import Policy, save_policy
 from envactor.policy.build import META_JSON
@@ -58,21 +60,6 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class TrainError(RuntimeError):
     """A training run that cannot start, resume or continue (the message says why and where)."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
