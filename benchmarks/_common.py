@@ -25,8 +25,7 @@ def best_of(fn: Callable[[], object], number: int, repeats: int = 7) -> float:
 
 def small_mlp_policy(horizon: int = 8, n_action_steps: int = 4):  # type: ignore[no-untyped-def]
     """mlp_chunk on a 3-d state (the pendulum's), mean/std in, min/max out."""
-    torch.manual_seed(0)
-    policy = build_policy(
+    return pendulum_policy(
         "mlp_chunk",
         overrides=[
             f"policy.params.horizon={horizon}",
@@ -34,6 +33,13 @@ def small_mlp_policy(horizon: int = 8, n_action_steps: int = 4):  # type: ignore
             f"model.components.net.out_dim={horizon}",
         ],
     )
+
+
+def pendulum_policy(name: str, *, device: str = "cpu", overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """A built-in policy sized for the pendulum (seed 0) with fixed stats: mean/std in,
+    min/max out (torque in [-2, 2])."""
+    torch.manual_seed(0)
+    policy = build_policy(name, device=device, overrides=overrides or [])
     policy.normalizer = Normalizer(
         {"observation.state": "mean_std", "action": "min_max"},
         {

@@ -30,9 +30,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from _common import pendulum_policy
 
-from envactor import Policy, build_policy
-from envactor.normalize import Normalizer
+from envactor import Policy
 from envactor.runtime.realtime import RealtimeController
 from envactor.runtime.realtime_robot import SimulatedRobot
 from envactor.runtime.realtime_telemetry import percentiles_ms
@@ -64,14 +64,7 @@ def make_policy(kind: str, burn_ms: float) -> Policy:
             input_features={STATE: {"shape": [3], "norm": "identity"}},
             action_dim=1, horizon=8, n_action_steps=4, action_norm="identity",
         )  # fmt: skip
-    torch.manual_seed(0)
-    policy = build_policy("flow" if kind == "flow" else "mlp_chunk")
-    policy.normalizer = Normalizer(
-        {STATE: "mean_std", "action": "min_max"},
-        {STATE: {"mean": np.zeros(3), "std": np.ones(3)},
-         "action": {"min": np.array([-2.0]), "max": np.array([2.0])}},
-    )  # fmt: skip
-    return policy
+    return pendulum_policy("flow" if kind == "flow" else "mlp_chunk")
 
 
 def run_controller(

@@ -28,22 +28,9 @@ STATE = "observation.state"
 
 
 def _build(name: str, device: str) -> Any:
-    import torch
-    from _common import small_mlp_policy
+    from _common import pendulum_policy
 
-    from envactor import build_policy
-    from envactor.normalize import Normalizer
-
-    if name == "mlp":
-        return small_mlp_policy().to(device)
-    torch.manual_seed(0)
-    policy = build_policy("flow", device=device)
-    policy.normalizer = Normalizer(
-        {STATE: "mean_std", "action": "min_max"},
-        {STATE: {"mean": np.zeros(3), "std": np.ones(3)},
-         "action": {"min": np.array([-2.0]), "max": np.array([2.0])}},
-    )  # fmt: skip
-    return policy
+    return pendulum_policy("mlp_chunk" if name == "mlp" else "flow", device=device)
 
 
 def _serve(name: str, device: str, max_batch: int, timeout_ms: float, port_q: Any) -> None:

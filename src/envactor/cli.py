@@ -33,10 +33,9 @@ def command(
 # ---------------------------------------------------------------------------- policies / info
 def run_policies(args: argparse.Namespace) -> int:
     """One line per registered policy (built-ins imported, plugins listed)."""
-    from envactor.policy.policies import builtin_names
     from envactor.registry import POLICY_REGISTRY, RegistryError
 
-    for name in sorted(set(builtin_names()) | set(POLICY_REGISTRY.names())):
+    for name in POLICY_REGISTRY.names():
         try:
             cls = POLICY_REGISTRY.get(name)
         except (RegistryError, ImportError) as exc:

@@ -106,17 +106,9 @@ class PendulumExpertParams(PolicyParams):
                 "pendulum_expert needs its control period: set control_hz (the env's 1 / dt, "
                 "20.0 for envactor/PendulumSwingUp-v0, 50.0 for envactor/PendulumSwingUp50-v0)"
             )
-        spec = self.input_features.get(self.state_key)
-        if spec is None or spec.shape != (3,) or spec.norm != "identity":
-            raise ValueError(
-                f"pendulum_expert reads raw [cos, sin, theta_dot]: input feature "
-                f"{self.state_key!r} must have shape [3] and norm 'identity', got {spec}"
-            )
-        if self.action_dim != 1 or self.action_norm != "identity":
-            raise ValueError(
-                f"pendulum_expert outputs one raw torque: action_dim must be 1 and action_norm "
-                f"'identity', got {self.action_dim} and {self.action_norm!r}"
-            )
+        self.require_raw_units(
+            "pendulum_expert", self.state_key, (3, 1), "raw [cos, sin, theta_dot]", "one raw torque"
+        )
         return self
 
 

@@ -44,17 +44,9 @@ class ReacherExpertParams(PolicyParams):
 
     @model_validator(mode="after")
     def _raw_units(self) -> ReacherExpertParams:
-        spec = self.input_features.get(self.state_key)
-        if spec is None or spec.shape != (10,) or spec.norm != "identity":
-            raise ValueError(
-                f"reacher_expert reads Reacher's raw 10-dim observation: input feature "
-                f"{self.state_key!r} must have shape [10] and norm 'identity', got {spec}"
-            )
-        if self.action_dim != 2 or self.action_norm != "identity":
-            raise ValueError(
-                f"reacher_expert outputs two raw commands: action_dim must be 2 and action_norm "
-                f"'identity', got {self.action_dim} and {self.action_norm!r}"
-            )
+        self.require_raw_units(
+            "reacher_expert", self.state_key, (10, 2), "Reacher's raw observation", "raw commands"
+        )
         return self
 
 

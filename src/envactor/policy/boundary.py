@@ -15,10 +15,6 @@ class ObservationError(ValueError):
     """An observation that does not match the policy's declared input features."""
 
 
-def _shape_of(value: Any) -> tuple[int, ...]:
-    return tuple(value.shape)
-
-
 def batch_size_of(obs: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -> int:
     """The common batch size B of ``obs``, checking every declared key is there and batched."""
     missing = [k for k in features if k not in obs]
@@ -32,7 +28,7 @@ def batch_size_of(obs: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -
         value = obs[key]
         if not isinstance(value, np.ndarray | torch.Tensor):
             value = np.asarray(value)
-        shape = _shape_of(value)
+        shape = tuple(value.shape)
         if shape[1:] != spec.shape:
             hint = " (no batch dimension?)" if shape == spec.shape else ""
             raise ObservationError(

@@ -67,3 +67,17 @@ def edge_fill(action: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     first = torch.where(pad, h, steps).min(dim=1, keepdim=True).values.clamp_max(h - 1)
     idx = torch.where(last < 0, first, last)
     return action.gather(1, idx[..., None].expand_as(action))
+
+
+def check_encoder_head(policy: Policy, head: str) -> None:
+    """Check ``encoder.in_dim`` against the features and ``head``'s horizon, action_dim and
+    cond_dim against the params and ``encoder.out_dim`` (the encoder -> chunk-head layout)."""
+    check_dims(policy, "encoder", {"in_dim": (feature_size(policy), "sum of input_features sizes")})
+    expected = {
+        "horizon": (policy.params.horizon, "policy.params.horizon"),
+        "action_dim": (policy.params.action_dim, "policy.params.action_dim"),
+    }
+    cond = getattr(policy.components["encoder"], "out_dim", None)
+    if isinstance(cond, int):
+        expected["cond_dim"] = (cond, "model.components.encoder.out_dim")
+    check_dims(policy, head, expected)

@@ -30,11 +30,6 @@ class ChunkQueues:
             raise KeyError(f"env id {env_id!r} has no pending action")
         return q.popleft()
 
-    def pending(self, env_id: Hashable) -> int:
-        """Number of actions still queued for ``env_id``."""
-        q = self._queues.get(env_id)
-        return len(q) if q else 0
-
     def reset(self, env_ids: Iterable[Hashable] | None = None) -> None:
         """Forget pending actions of ``env_ids`` (all envs when None)."""
         if env_ids is None:

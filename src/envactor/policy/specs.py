@@ -63,6 +63,24 @@ class PolicyParams(BaseModel):
     ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
     control_hz: float | None = Field(default=None, gt=0.0)
 
+    def require_raw_units(
+        self, who: str, key: str, io: tuple[int, int], reads: str, writes: str
+    ) -> None:
+        """For scripted controllers in raw units: feature ``key`` of shape ``(io[0],)`` with norm
+        identity, ``io[1]`` identity-normalized action dims; ``reads``/``writes`` name them."""
+        state_dim, action_dim = io
+        spec = self.input_features.get(key)
+        if spec is None or spec.shape != (state_dim,) or spec.norm != "identity":
+            raise ValueError(
+                f"{who} reads {reads}: input feature {key!r} must have shape [{state_dim}] and "
+                f"norm 'identity', got {spec}"
+            )
+        if self.action_dim != action_dim or self.action_norm != "identity":
+            raise ValueError(
+                f"{who} outputs {writes}: action_dim must be {action_dim} and action_norm "
+                f"'identity', got {self.action_dim} and {self.action_norm!r}"
+            )
+
     @model_validator(mode="after")
     def _steps_within_horizon(self) -> PolicyParams:
         if self.n_action_steps > self.horizon:

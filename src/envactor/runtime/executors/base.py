@@ -42,7 +42,6 @@ class EnvState:
 
     t: int = 0
     chunk: np.ndarray | None = None
-    chunk_t0: int = 0
     idx: int = 0
     pending: list[Pending] = field(default_factory=list)
     last_action: np.ndarray | None = None
@@ -144,7 +143,7 @@ class ChunkExecutor:
         """Install pending chunks whose time has come (default: newest wins, stale skipped)."""
         while st.pending and st.pending[0].ready <= st.t:
             p = st.pending.pop(0)
-            st.chunk, st.chunk_t0 = p.chunk, p.t0
+            st.chunk = p.chunk
             st.idx = self._start_index(st, p)
 
     def _start_index(self, st: EnvState, p: Pending) -> int:

@@ -26,7 +26,7 @@ from torch import nn
 
 from envactor.normalize import Normalizer
 from envactor.policy.base import EnvIds, Policy
-from envactor.policy.features import check_dims, feature_size, flat_observation, gaussian_explore
+from envactor.policy.features import check_encoder_head, flat_observation, gaussian_explore
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -51,15 +51,7 @@ class ACTPolicy(Policy):
         **params: Any,
     ) -> None:
         super().__init__(components, normalizer, **params)
-        check_dims(self, "encoder", {"in_dim": (feature_size(self), "sum of input_features sizes")})
-        expected = {
-            "horizon": (self.params.horizon, "policy.params.horizon"),
-            "action_dim": (self.params.action_dim, "policy.params.action_dim"),
-        }
-        cond = getattr(self.components["encoder"], "out_dim", None)
-        if isinstance(cond, int):
-            expected["cond_dim"] = (cond, "model.components.encoder.out_dim")
-        check_dims(self, "decoder", expected)
+        check_encoder_head(self, "decoder")
 
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
         cond = self.components["encoder"](flat_observation(obs, list(self.input_features)))

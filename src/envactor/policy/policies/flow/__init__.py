@@ -26,9 +26,8 @@ from envactor.chunking.guidance import Jacobian, euler_sample, rtc_sample
 from envactor.normalize import Normalizer
 from envactor.policy.base import EnvIds, Policy
 from envactor.policy.features import (
-    check_dims,
+    check_encoder_head,
     edge_fill,
-    feature_size,
     flat_observation,
     gaussian_explore,
 )
@@ -71,16 +70,7 @@ class FlowPolicy(Policy):
         **params: Any,
     ) -> None:
         super().__init__(components, normalizer, **params)
-        enc = self.components["encoder"]
-        check_dims(self, "encoder", {"in_dim": (feature_size(self), "sum of input_features sizes")})
-        cond = getattr(enc, "out_dim", None)
-        expected = {
-            "horizon": (self.params.horizon, "policy.params.horizon"),
-            "action_dim": (self.params.action_dim, "policy.params.action_dim"),
-        }
-        if isinstance(cond, int):
-            expected["cond_dim"] = (cond, "model.components.encoder.out_dim")
-        check_dims(self, "velocity", expected)
+        check_encoder_head(self, "velocity")
 
     @property
     def _flow(self) -> FlowParams:
