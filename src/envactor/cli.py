@@ -222,6 +222,21 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+# ---------------------------------------------------------------------------- online (Ray)
+def run_train_online(args: argparse.Namespace) -> int:
+    """DAgger on Ray rollout workers with versioned weight streaming."""
+    from envactor.distributed.cli import run_online
+
+    return run_online(args)
+
+
+@command("train-online", "online learning (DAgger) on Ray rollout workers, weights by version")
+def _online_args(p: argparse.ArgumentParser) -> None:
+    from envactor.distributed.cli import add_online_args
+
+    add_online_args(p)
+
+
 # ---------------------------------------------------------------------------- serve / run
 def run_serve(args: argparse.Namespace) -> int:
     """Serve a policy over WebSocket (openpi wire format)."""
@@ -270,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         if getattr(args, "debug", False):
             raise
         print(f"envactor {args.command}: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ available at once: a robot waits at rest for its first plan; the delay applies t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,11 +29,13 @@ EXECUTORS: Registry[type[ChunkExecutor]] = Registry("executor")
 
 @dataclass
 class Pending:
-    """A chunk in flight: usable from local step ``ready`` on; predicted at step ``t0``."""
+    """A chunk in flight: usable from local step ``ready`` on; predicted at step ``t0`` by the
+    policy's weights of version ``version``."""
 
     ready: int
     t0: int
     chunk: np.ndarray
+    version: int = 0
 
 
 @dataclass
@@ -48,6 +50,8 @@ class EnvState:
     held_steps: int = 0
     requests: int = 0
     live: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (t0, chunk), ensembles
+    version: int = 0  # weight version of the installed chunk (ensembles: the newest)
+    action_version: int = 0  # weight version that produced the last action
 
 
 class ChunkExecutor:
@@ -59,6 +63,9 @@ class ChunkExecutor:
         n_action_steps: s, actions executed from a chunk before the next one is requested
             (default: the policy's).
         explore: use the policy's exploration (collect mode) for plain requests.
+
+    ``before_request``, when set, is called right before each batched policy call: the one
+    point between chunks where new weights can be loaded (``envactor.distributed`` does).
     """
 
     name: ClassVar[str] = "base"
@@ -83,6 +90,7 @@ class ChunkExecutor:
         self.horizon = horizon
         self.explore = explore
         self._envs: dict[EnvId, EnvState] = {}
+        self.before_request: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ public
     def act(self, obs: Mapping[EnvId, Mapping[str, Any]]) -> dict[EnvId, np.ndarray]:
@@ -92,11 +100,15 @@ class ChunkExecutor:
             self._deliver(st)
         asking = [e for e, st in states.items() if self._wants(st)]
         if asking:
+            if self.before_request is not None:
+                self.before_request()
+            version = int(self.policy.weight_version)
             chunks = self._request(asking, {e: obs[e] for e in asking}, states)
             for e, chunk in zip(asking, chunks):
                 st = states[e]
                 first = st.chunk is None and not st.pending
-                st.pending.append(Pending(st.t + (0 if first else self.delay), st.t, chunk))
+                ready = st.t + (0 if first else self.delay)
+                st.pending.append(Pending(ready, st.t, chunk, version))
                 st.requests += 1
                 self._deliver(st)
         out = {}
@@ -105,6 +117,8 @@ class ChunkExecutor:
             if action is None:  # nothing to execute: zero-order hold of the last command
                 st.held_steps += 1
                 action = st.last_action if st.last_action is not None else self._rest_action()
+            else:
+                st.action_version = st.version
             st.last_action = action
             st.t += 1
             out[e] = action
@@ -118,6 +132,12 @@ class ChunkExecutor:
             for e in env_ids:
                 self._envs.pop(e, None)
         self.policy.reset(env_ids)
+
+    def action_version(self, env_id: EnvId) -> int:
+        """Weight version of the chunk that produced ``env_id``'s last action (held: the
+        version of the action being held)."""
+        st = self._envs.get(env_id)
+        return 0 if st is None else st.action_version
 
     def episode_stats(self, env_id: EnvId) -> dict[str, int]:
         """Counters of the env's current episode: held steps and chunk requests."""
@@ -143,7 +163,7 @@ class ChunkExecutor:
         """Install pending chunks whose time has come (default: newest wins, stale skipped)."""
         while st.pending and st.pending[0].ready <= st.t:
             p = st.pending.pop(0)
-            st.chunk = p.chunk
+            st.chunk, st.version = p.chunk, p.version
             st.idx = self._start_index(st, p)
 
     def _start_index(self, st: EnvState, p: Pending) -> int:

@@ -29,6 +29,7 @@ class TemporalEnsembleExecutor(ChunkExecutor):
             p = st.pending.pop(0)
             live.append((p.t0, p.chunk))
             st.chunk = p.chunk  # marks "has a chunk" for the base class
+            st.version = p.version
         live[:] = [(t0, c) for t0, c in live if t0 + self.horizon > st.t]
 
     def _next_action(self, st: EnvState) -> np.ndarray | None:
