@@ -146,6 +146,15 @@ def test_subscriber_pulls_only_on_change(tmp_path: Path) -> None:
     assert len(sub.loads) == 1 and sub.loads[0] == (0, info.object_id)
     out = policy.predict({"observation.state": np.ones((2, 3), np.float32)})
     assert np.array_equal(out, np.zeros_like(out))
+    # a published version is a snapshot: training the learner after publishing changes nothing
+    learner = zero_mean_policy()
+    pub.publish(learner, 5)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(1.0)
+    assert sub.check() and sub.version == 5
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, zero_mean_policy().state_dict()[k]), k
     assert store.status.remote().value["workers"]["w0"]["staleness"] == 0
 
 

@@ -61,12 +61,15 @@ class WeightPublisher:
         t0 = time.perf_counter()
         version = self.version + 1 if version is None else int(version)
         sd = (
-            policy_weights(weights, self.components)
+            policy_weights(weights, self.components, copy=False)
             if isinstance(weights, Policy)
             else dict(weights)
         )
-        payload = pack(sd, version)
-        ref = handles.put(payload, local_mode=handles.is_local(self.store))  # the one put
+        # ray.put copies the bytes into the object store; in process the payload must be a
+        # snapshot of its own, or later training would change a published version
+        local = handles.is_local(self.store)
+        payload = pack(sd, version, copy=local)
+        ref = handles.put(payload, local_mode=local)  # the one put of this version
         self.puts += 1
         done = self.store.publish.remote(version, [ref], payload.nbytes)
         if wait:

@@ -181,11 +181,10 @@ def train_online(s: OnlineSettings, *, progress: bool = True) -> list[dict[str, 
     aggregate = _read_dataset(out / state.dataset) if (out / state.dataset).exists() else []
     if s.workers > 0:
         init_ray(s.address)
-    labeler = spec["expert_config"]
     worker_kwargs = dict(
         policy=checkpoint_files(out / state.checkpoint), task=s.task, num_envs=s.num_envs,
         executor=s.executor, env_kwargs={"action_noise_std": s.action_noise_std},
-        sync_every=s.sync_every, labeler=str(labeler),
+        sync_every=s.sync_every, labeler="expert",
     )  # fmt: skip
     eval_ids = [EVAL_BASE + i for i in range(s.eval_episodes)]
     with WorkerPool(s.workers, worker_kwargs) as pool:

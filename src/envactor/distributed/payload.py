@@ -39,11 +39,11 @@ class WeightPayload:
 
 
 def policy_weights(
-    policy: Policy, components: Iterable[str] | None = None
+    policy: Policy, components: Iterable[str] | None = None, *, copy: bool = True
 ) -> dict[str, torch.Tensor]:
     """The acting weights (EMA when enabled) of ``components`` (default: all) as one flat CPU
-    state dict ``{"<component>.<tensor>": tensor}``."""
-    acting = policy.acting_state_dict()
+    state dict ``{"<component>.<tensor>": tensor}``; ``copy=False``: the live CPU tensors."""
+    acting = policy.acting_state_dict(copy=copy)
     names = list(acting) if components is None else list(components)
     unknown = [c for c in names if c not in acting]
     if unknown:
@@ -54,9 +54,14 @@ def policy_weights(
 
 
 def pack(
-    state_dict: Mapping[str, torch.Tensor], version: int, meta: Mapping[str, Any] | None = None
+    state_dict: Mapping[str, torch.Tensor],
+    version: int,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    copy: bool = False,
 ) -> WeightPayload:
-    """A flat state dict -> ``WeightPayload`` (contiguous CPU numpy arrays)."""
+    """A flat state dict -> ``WeightPayload`` (contiguous CPU numpy arrays). Without ``copy``
+    the arrays may share memory with the tensors (``ray.put`` copies them anyway)."""
     tensors: dict[str, np.ndarray] = {}
     viewed: dict[str, str] = {}
     nbytes = 0
@@ -64,6 +69,8 @@ def pack(
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"weights {name!r}: expected a torch.Tensor, got {type(t).__name__}")
         t = t.detach().to("cpu").contiguous()
+        if copy:
+            t = t.clone()
         if t.dtype in _VIEWED:
             viewed[name] = str(t.dtype).removeprefix("torch.")
             t = t.view(_VIEWED[t.dtype])

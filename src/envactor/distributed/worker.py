@@ -101,7 +101,8 @@ class RolloutWorker:
         store: the weight store handle (None: never pull).
         sync_every: "chunk", "episode", "steps:N" or N.
         name_map: learner component names -> this policy's (``load_state_dict_into``).
-        labeler: a policy (YAML/name/dir) whose actions label every visited state (DAgger).
+        labeler: a policy (YAML/name/dir) whose actions label every visited state (DAgger);
+            ``"expert"``: the task's scripted expert (``envactor.envs.task_spec``).
         pace_hz: step the envs at most this often (a simulator standing in for a robot).
         die_after_steps: crash the process after that many vector steps (fault tests).
     """
@@ -143,6 +144,10 @@ class RolloutWorker:
             self.subscriber = WeightSubscriber(self.policy, store, worker_id, name_map=name_map)
         if self.subscriber is not None and self.sync_every.kind == "chunk":
             self.actor.executor.before_request = self.subscriber.pull
+        if labeler == "expert":  # the task's own expert, resolved in this node's install
+            from envactor.envs import task_spec
+
+            labeler = task_spec(task)["expert_config"]
         self.labeler = None if labeler is None else build_policy(labeler)
         self.steps = 0
         self.die_after_steps = die_after_steps

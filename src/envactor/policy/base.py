@@ -396,12 +396,19 @@ class Policy(nn.Module):
         self._ema.step()
 
     # ------------------------------------------------------------------ weights
-    def acting_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per-component CPU state dicts of the weights used for acting (EMA when enabled)."""
+    def acting_state_dict(self, *, copy: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-component CPU state dicts of the weights used for acting (EMA when enabled).
+
+        ``copy=False`` returns the live CPU tensors themselves (detached, no clone) for a caller
+        that copies them at once, such as a publish into Ray's object store.
+        """
         if self._ema is not None:
             self._ema.use("ema")
         return {
-            name: {k: v.detach().cpu().clone() for k, v in mod.state_dict().items()}
+            name: {
+                k: v.detach().cpu().clone() if copy else v.detach().cpu()
+                for k, v in mod.state_dict().items()
+            }
             for name, mod in self.components.items()
         }
 
