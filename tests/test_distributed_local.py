@@ -229,3 +229,36 @@ def test_train_online_cli_in_process_and_resume(tmp_path: Path) -> None:
     assert not (out / "data" / "agg_0001").exists() and (out / "data" / "agg_0002").is_dir()
     saved = build_policy(out / "checkpoints" / "v0002")
     save_policy(saved, tmp_path / "copy")  # a normal checkpoint: loads and saves
+
+
+@pytest.mark.parametrize(
+    ("sync_every", "expected"),
+    [
+        # 2 envs, episodes 0 and 1 together then 2 alone, 200 steps each, s = 4: 50 + 50
+        # batched requests; every mode also checks once when the call starts
+        ("chunk", 1 + 100),  # before every batched request
+        ("episode", 1 + 2),  # at each batch of episode starts
+        ("steps:50", 1 + 8),  # vector steps 0, 50, ..., 350
+    ],
+)
+def test_sync_every_decides_when_workers_check(sync_every: str, expected: int) -> None:
+    from envactor.distributed.pool import WorkerPool
+
+    policy = zero_mean_policy()
+    kwargs = {"policy": "mlp_chunk", "task": "Pendulum-v1", "num_envs": 2, "sync_every": sync_every}
+    with WorkerPool(0, kwargs) as pool:
+        (worker,) = pool.workers.values()
+        worker.policy.normalizer = policy.normalizer
+        WeightPublisher(pool.store).publish(policy, 1)
+        checks = 0
+        real = worker.subscriber.check
+
+        def counting() -> bool:
+            nonlocal checks
+            checks += 1
+            return real()
+
+        worker.subscriber.check = counting  # type: ignore[method-assign]
+        events = list(worker.rollout([0, 1, 2], seed=0))
+    assert [e.episodes for e in events if isinstance(e, EpisodesStarted)] == [[0, 1], [2]]
+    assert worker.steps == 400 and checks == expected
