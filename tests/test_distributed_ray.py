@@ -152,3 +152,15 @@ def test_dagger_improves_the_pendulum_policy(cluster: None, tmp_path: Path) -> N
     assert last >= first + 0.5, rows  # measured: 0.00 -> 1.00 on 8 fixed eval seeds
     assert rows[-1]["dataset_episodes"] == 4 + 2 * 8 and rows[-1]["dropped"] == 0
     assert (tmp_path / "online" / "curve.png").is_file()
+
+
+def test_bad_weights_fail_loudly_naming_the_worker(cluster: None, ckpt: dict[str, bytes]) -> None:
+    policy = zero_mean_policy()
+    with _pool(ckpt, 1, "t-bad") as pool:
+        pub = WeightPublisher(pool.store)
+        pub.publish({f"actor.{k}": v for k, v in policy_weights(policy).items()}, 1)
+        with pytest.raises(RuntimeError, match=r"worker w0 failed: .*match no tensor"):
+            pool.collect(range(2))
+        assert pool.replaced == 0  # an error in the weights is not a crash to retry
+        pub.publish(policy, 2)  # the worker survived and takes the next, good version
+        assert pool.collect(range(2)).finished == 2

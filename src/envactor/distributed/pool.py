@@ -134,7 +134,7 @@ class WorkerPool:
 
     def _collect_ray(self, ids: list[int], seed: int, per_call: int) -> CollectReport:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         queue = deque(ids)
         report = CollectReport(len(ids), [])
@@ -161,6 +161,8 @@ class WorkerPool:
                         ) from None
                     idle.append(name)
                     continue
+                except RayTaskError as exc:  # the worker's code raised: not a crash, report it
+                    raise RuntimeError(f"worker {name} failed: {exc.cause!r}") from exc
                 except RayActorError as exc:
                     del active[gen]
                     lost = self._replace(name, exc)
