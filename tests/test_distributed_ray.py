@@ -57,7 +57,7 @@ def _wait(cond: Any, timeout: float = 60.0) -> None:
 
 def test_zero_weights_propagate_by_version(cluster: None, ckpt: dict[str, bytes]) -> None:
     policy = zero_mean_policy()
-    with _pool(ckpt, 2, "t-zero", worker_kwargs={"pace_hz": 400}) as pool:
+    with _pool(ckpt, 2, "t-zero", worker_kwargs={"pace_hz": 200}) as pool:
         pub = WeightPublisher(pool.store)
         pub.publish(policy, 1)
         pool.wait_ready()
