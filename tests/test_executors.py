@@ -134,3 +134,37 @@ def test_bad_executor_arguments() -> None:
         make_executor("sync", scripted(), n_action_steps=5)
     with pytest.raises(KeyError, match="did you mean 'naive_async'"):
         make_executor("naive_asyn", scripted())
+
+
+class PrefixScripted(Scripted):
+    """Scripted chunks plus ``prefix_inference``: chunk k with the committed d actions in it."""
+
+    def __init__(self, **params):  # type: ignore[no-untyped-def]
+        super().__init__(**params)
+        self.prefix_calls: list[tuple[list[list[float]], list[int]]] = []
+
+    def prefix_inference(self, obs, normalizer=None, *, prev_chunk, delay, env_ids=None):  # type: ignore[no-untyped-def]
+        prev = [np.asarray(p)[:, 0].tolist() for p in prev_chunk]
+        self.prefix_calls.append((prev, list(delay)))
+        chunk = self.predict(obs, env_ids=env_ids)
+        for b, (p, d) in enumerate(zip(prev, delay)):
+            chunk[b, :d, 0] = p[:d]
+        return chunk
+
+
+def test_rtc_trained_writes_the_committed_prefix_in() -> None:
+    pol = PrefixScripted(
+        input_features={STATE: {"shape": [1], "norm": "identity"}},
+        action_dim=1, horizon=4, n_action_steps=2, action_norm="identity",
+    )  # fmt: skip
+    got = run(make_executor("rtc_trained", pol, delay=1), ["a"], 7)["a"]
+    # chunk 2 is asked at step 2 with remainder [102, 103] and d = 1: it arrives at step 3 as
+    # [102, 201, 202, 203] and runs from index 1; chunks 3 and 4 likewise
+    assert got == [100, 101, 102, 201, 202, 301, 302]
+    assert pol.prefix_calls == [([[a, a + 1]], [1]) for a in (102.0, 202.0, 302.0)]
+
+
+def test_rtc_trained_needs_a_prefix_trained_policy() -> None:
+    ex = make_executor("rtc_trained", scripted(), delay=1)
+    with pytest.raises(TypeError, match=r"rtc_trained.*prefix_inference"):
+        run(ex, ["a"], 4)

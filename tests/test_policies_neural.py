@@ -392,3 +392,103 @@ def test_warmup_runs_the_acting_paths(name: str) -> None:
     policy.warmup(batch_size=3)
     assert seen == (["_chunk", "_guided_chunk"] if name == "flow" else ["_chunk"])
     assert policy.can_guide() is (name == "flow")
+
+
+# ---------------------------------------------------------------------------- training-time RTC
+PREFIX = ["model.components.velocity.type=flow_prefix_velocity_mlp"]
+
+
+class PrefixOracleVelocity(nn.Module):
+    """Exact velocity onto ``target`` on free tokens, 1e3 on committed ones (token_tau == 1);
+    records the per-token times it was called with."""
+
+    token_time = True
+    target: torch.Tensor
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target", target)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(
+        self, x: torch.Tensor, tau: Any, cond: torch.Tensor, token_tau: torch.Tensor
+    ) -> torch.Tensor:
+        self.seen.append(token_tau.clone())
+        t = token_tau[..., None]
+        exact = (self.target - x) / (1.0 - t).clamp_min(1e-6)
+        return torch.where(t == 1.0, torch.full_like(x, 1e3), exact)
+
+
+def prefix_oracle(target: np.ndarray, max_delay: int = 3) -> FlowPolicy:
+    velocity = PrefixOracleVelocity(torch.from_numpy(target))
+    return FlowPolicy(
+        {"encoder": nn.Identity(), "velocity": velocity},
+        input_features={S: {"shape": [3], "norm": "identity"}}, action_dim=A,
+        action_norm="identity", horizon=H, n_action_steps=4, prefix_max_delay=max_delay,
+    )  # fmt: skip
+
+
+def test_flow_prefix_loss_skips_the_committed_tokens() -> None:
+    """d ~ U{0..3} per example; committed tokens get flow time 1 and no loss (else 1e3 ** 2)."""
+    target = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
+    policy = prefix_oracle(target)
+    x = np.broadcast_to(target, (256, H, A)).copy()
+    torch.manual_seed(0)
+    loss = float(policy.forward({S: np.zeros((256, 3), np.float32), "action": x})["loss"])
+    assert loss < 1e-8
+    token_tau = policy.components["velocity"].seen[-1]
+    committed = (token_tau == 1.0).sum(1)  # d of each example
+    assert set(committed.tolist()) == {0, 1, 2, 3}
+    for row, d in zip(token_tau, committed.tolist()):  # the prefix is the first d tokens
+        assert torch.all(row[:d] == 1.0) and torch.all(row[d:] == row[-1]) and row[-1] < 1.0
+
+
+def test_flow_prefix_inference_writes_the_committed_actions_in() -> None:
+    target = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
+    policy = prefix_oracle(target)
+    obs = {S: np.zeros((2, 3), np.float32)}
+    prev = [np.full((6, 1), 5.0, np.float32), np.full((3, 1), -5.0, np.float32)]
+    out = policy.prefix_inference(obs, prev_chunk=prev, delay=[2, 4], env_ids=["a", "b"])
+    # env b's d = 4 is clamped to its 3-action remainder; the free tokens land on the target
+    np.testing.assert_allclose(out[0, :2], 5.0)
+    np.testing.assert_allclose(out[1, :3], -5.0)
+    np.testing.assert_allclose(out[0, 2:], target[2:], atol=1e-5)
+    np.testing.assert_allclose(out[1, 3:], target[3:], atol=1e-5)
+    seen = policy.components["velocity"].seen
+    assert len(seen) == 5  # num_steps Euler steps, no extra (no VJP) pass
+    assert seen[0][0].tolist() == [1.0, 1.0] + [0.0] * (H - 2)
+    np.testing.assert_allclose(seen[-1][1], [1.0] * 3 + [0.8] * (H - 3), rtol=1e-6)
+
+
+def test_flow_trained_with_prefixes_follows_a_committed_mode() -> None:
+    """Bimodal data: given the other mode's first 2 actions, the rest follows that mode."""
+    states, chunks = bimodal_data()
+    torch.manual_seed(0)
+    policy = build_policy(
+        "flow", overrides=[*SMALL["flow"], *PREFIX, "policy.params.prefix_max_delay=3"]
+    )
+    policy.normalizer = stats_of(states, chunks)
+    policy.learn_mode.init(lr=3e-3)
+    for _ in range(150):
+        policy.learn_mode.forward({S: states, "action": chunks})
+    ids: list[Hashable] = list(range(16))
+    obs = {S: states[:16]}
+    base = seeded_predict(policy, obs, ids)
+    other = (-np.sign(base[:, :, 0].mean(1))[:, None] * PROFILE)[..., None]
+    policy.set_env_seeds({e: 100 + i for i, e in enumerate(ids)})
+    out = policy.prefix_inference(obs, prev_chunk=other[:, :4], delay=2, env_ids=ids)
+    np.testing.assert_allclose(out[:, :2], other[:, :2], atol=1e-6)
+    base_err = float(np.abs(base[:, 2:] - other[:, 2:]).mean())
+    assert float(np.abs(out[:, 2:] - other[:, 2:]).mean()) < 0.2 * base_err
+
+
+def test_flow_prefix_settings_are_checked() -> None:
+    with pytest.raises(PolicyError, match=r"prefix_max_delay=2.*flow_prefix_velocity_mlp"):
+        build_policy("flow", overrides=["policy.params.prefix_max_delay=2"])
+    with pytest.raises(Exception, match=r"prefix_max_delay must be < horizon=8 \(.*\), got 8"):
+        build_policy("flow", overrides=[*PREFIX, "policy.params.prefix_max_delay=8"])
+    plain = oracle_flow(np.zeros((H, A), np.float32))
+    with pytest.raises(PolicyError, match=r"prefix_inference needs .*prefix_max_delay > 0"):
+        plain.prefix_inference(
+            {S: np.zeros((1, 3), np.float32)}, prev_chunk=[np.zeros((4, 1))], delay=1
+        )

@@ -1,12 +1,16 @@
 """``envactor demo``: the whole job on one machine, on embedded defaults, no network.
 
-1. collect expert demonstrations on the bimodal pendulum swing-up task;
-2. train a ``flow`` chunk policy on them (learn mode);
+1. collect expert demonstrations on the bimodal pendulum swing-up task, the expert injecting
+   recorded torque perturbations (``demo_perturb_std``, DART-style);
+2. train a ``flow`` chunk policy on them (learn mode), with training-time RTC on
+   (``train_max_delay``: the first d actions given clean, d drawn per example);
 3. evaluate it across parallel envs for every executor at delays d = 0..4 and write
    ``runs/demo/{results.csv, results.json, success_vs_delay.png, policy/}``.
 
 The expected shape (the RTC paper's in miniature): at d = 0 the policy is close to the expert;
-as d grows, naive switching and temporal ensembling lose success while RTC keeps it.
+as d grows, naive switching and temporal ensembling lose success while RTC keeps it. ``rtc`` is
+guided sampling on the trained model; ``rtc_trained`` is training-time RTC (same model, the
+committed prefix written in while sampling). Why the data are perturbed: docs/tasks.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 TASK = "envactor/PendulumSwingUp-v0"
-EXECUTORS = ("sync", "naive_async", "temporal_ensemble", "blend", "rtc", "rtc_identity")
+EXECUTORS = (
+    "sync", "naive_async", "temporal_ensemble", "blend", "rtc", "rtc_identity", "rtc_trained"
+)  # fmt: skip
 COLUMNS = ("executor", "delay", "episodes", "success_rate", "return_mean", "return_std",
            "jerk_mean", "held_steps_mean", "length_mean")  # fmt: skip
 
@@ -43,6 +49,8 @@ class DemoSettings:
     horizon: int = 8
     n_action_steps: int = 4  # s of the sync executor (Diffusion Policy's H/2)
     action_noise_std: float = 0.1
+    demo_perturb_std: float = 0.5  # recorded expert torque perturbation (N m) in the demos
+    train_max_delay: int = 4  # training-time RTC: d in {0..4} per example (0: off)
     overrides: list[str] = field(default_factory=list)
 
     @classmethod
@@ -77,9 +85,13 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     timings: dict[str, float] = {}
 
     t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {task}")
+    expert_policy = build_policy(
+        spec["expert_config"], overrides=[f"policy.params.perturb_std={settings.demo_perturb_std}"]
+    )
     data = collect(
         task, episodes=settings.demo_episodes, out=out / "dataset", num_envs=settings.num_envs,
         seed=settings.seed, overwrite=True, progress=progress, env_kwargs=env_kwargs,
+        policy=expert_policy,
     )  # fmt: skip
     timings["collect_s"] = time.perf_counter() - t0
 
@@ -88,6 +100,7 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         f"policy.params.horizon={settings.horizon}",
         f"policy.params.n_action_steps={settings.n_action_steps}",
         f"policy.params.control_hz={spec['control_hz']}",
+        *_prefix_overrides(settings.train_max_delay),
         *settings.overrides,
     ]
     result = train("flow", out / "dataset", out_dir=out / "train", steps=settings.train_steps,
@@ -101,13 +114,14 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     save_policy(result.policy, policy_dir, step=result.step)
     policy = build_policy(policy_dir)
 
-    n_exec, delays = len(settings.executors), list(settings.delays)
+    executors = [e for e in settings.executors if e != "rtc_trained" or settings.train_max_delay]
+    n_exec, delays = len(executors), list(settings.delays)
     t0 = _phase(f"3/3 evaluate {n_exec} executors x delays {delays}")
     expert = evaluate(spec["expert_config"], task, num_envs=settings.num_envs,
                       num_episodes=settings.eval_episodes, seed=10_000 + settings.seed,
                       env_kwargs=env_kwargs)  # fmt: skip
     rows: list[dict[str, Any]] = []
-    grid = [(e, d) for e in settings.executors for d in settings.delays]
+    grid = [(e, d) for e in executors for d in settings.delays]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -147,6 +161,16 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     write_results(out, rows, meta)
     print_table(rows, meta)
     return rows
+
+
+def _prefix_overrides(max_delay: int) -> list[str]:
+    """Training-time RTC for the flow policy (its velocity must read per-token flow time)."""
+    if max_delay <= 0:
+        return []
+    return [
+        "model.components.velocity.type=flow_prefix_velocity_mlp",
+        f"policy.params.prefix_max_delay={max_delay}",
+    ]
 
 
 def execution_horizon(executor: str, delay: int, sync_s: int) -> int:

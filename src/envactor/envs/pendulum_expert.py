@@ -26,6 +26,14 @@ executing the other mode's push brakes the swing.
 
 For ``horizon > 1`` the chunk is the law rolled out on the nominal model (gymnasium's Pendulum
 equations at ``dt``, without noise), so chunked executors get a plan, not a repeated action.
+
+``perturb_std`` (default 0) makes the expert add Gaussian noise to each of its own torques (from
+its per-env generator, then clipped), DART-style. The perturbed torque is the action it returns,
+so a dataset collected with it records the torque actually applied (env-side
+``action_noise_std`` is applied inside the env and never recorded). That is what lets a chunk
+policy learn how the rest of a chunk depends on its first actions: in such data the later
+actions are the expert's response to the state the earlier, recorded, actions led to (the
+``envactor demo`` collects with it; see docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -98,6 +106,10 @@ class PendulumExpertParams(PolicyParams):
     balance_angle: float = Field(default=0.6, gt=0.0, lt=math.pi)
     balance_gains: tuple[float, float] | None = None
     """(k_theta, k_dot); None: :func:`lqr_gains` at ``dt = 1 / control_hz``."""
+    perturb_std: float = Field(default=0.0, ge=0.0)
+    """Std (N m) of Gaussian noise the expert adds to each of its own torques (then clips), from
+    its per-env generator; the perturbed torque is the action it outputs, so a dataset records
+    the torque actually applied (DART-style noise injection, see the module docstring)."""
 
     @model_validator(mode="after")
     def _raw_units(self) -> PendulumExpertParams:
@@ -164,8 +176,13 @@ class PendulumExpert(Policy):
         dot = x[:, 2]
         chunk = np.empty((len(x), p.horizon, 1), dtype=np.float32)
         dt = self.dt
+        noise = None
+        if p.perturb_std > 0:
+            noise = p.perturb_std * self._randn(env_ids, p.horizon).cpu().numpy().astype(np.float64)
         for k in range(p.horizon):
             u = self._law(theta, dot, d)
+            if noise is not None:
+                u = np.clip(u + noise[:, k], -p.max_torque, p.max_torque)
             chunk[:, k, 0] = u
             dot = np.clip(
                 dot + (GRAVITY_GAIN * np.sin(theta) + TORQUE_GAIN * u) * dt, -MAX_SPEED, MAX_SPEED

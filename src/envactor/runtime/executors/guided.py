@@ -44,13 +44,19 @@ class _GuidedExecutor(ChunkExecutor):
                 delays.append(self.delay)
         if all(len(p) == 0 for p in prev):
             return self.policy.predict(batch, env_ids=ids, explore=self.explore)
+        return self._infer(batch, ids, prev, delays)
+
+    def _infer(
+        self, batch: dict[str, Any], ids: list[EnvId], prev: list[np.ndarray], delays: list[int]
+    ) -> np.ndarray:
+        """The conditioned call: ``guided_inference`` with this executor's method."""
         return self.policy.guided_inference(
             batch,
             prev_chunk=prev,
             delay=delays,
             env_ids=ids,
             method=self.method,  # type: ignore[arg-type]
-            schedule=self.schedule,
+            schedule=self.schedule,  # type: ignore[arg-type]
             max_guidance_weight=self.max_guidance_weight,
             jacobian=self.jacobian,  # type: ignore[arg-type]
         )
@@ -78,3 +84,25 @@ class RTCIdentityExecutor(_GuidedExecutor):
 
     name = "rtc_identity"
     jacobian = "identity"
+
+
+@EXECUTORS.register("rtc_trained")
+class RTCTrainedExecutor(_GuidedExecutor):
+    """Training-time RTC (REFERENCE.md section 3, end): the policy was trained with clean prefixes
+    and samples the new chunk with the d committed actions written in (``prefix_inference``; the
+    ``flow`` policy with ``prefix_max_delay > 0``). No guidance, no backward pass."""
+
+    name = "rtc_trained"
+
+    def _infer(
+        self, batch: dict[str, Any], ids: list[EnvId], prev: list[np.ndarray], delays: list[int]
+    ) -> np.ndarray:
+        infer = getattr(self.policy, "prefix_inference", None)
+        if infer is None:
+            raise TypeError(
+                f"executor 'rtc_trained' needs a policy trained with training-time RTC (a method "
+                f"prefix_inference, e.g. flow with prefix_max_delay > 0); got policy "
+                f"{self.policy.name!r}"
+            )
+        out: np.ndarray = infer(batch, prev_chunk=prev, delay=delays, env_ids=ids)
+        return out

@@ -11,26 +11,35 @@ velocity ``x1 - x0``. Components:
 Training time is drawn from ``tau = tau_max * Beta(a, b)`` (default ``a=1, b=1.5``: pi0's
 ``Beta(1.5, 1)`` on its reversed clock, mirrored into ours; the density falls from tau = 0, so
 noisy inputs are seen most) or uniformly on ``[0, tau_max]``.
+
+Training-time real-time chunking (``prefix_max_delay > 0``, see :mod:`.prefix`): the first d
+actions of each training chunk are given clean and the loss covers the rest; ``prefix_inference``
+(the ``rtc_trained`` executor) overwrites the prefix with the committed actions while sampling.
+Guided RTC (``_guided_chunk``, the ``rtc`` executor) works on such a policy unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from envactor.chunking.guidance import Jacobian, euler_sample, rtc_sample
 from envactor.normalize import Normalizer
-from envactor.policy.base import EnvIds, Policy
+from envactor.policy.base import ACTION_KEY, EnvIds, Policy, PolicyError
+from envactor.policy.boundary import to_numpy
 from envactor.policy.features import (
     check_encoder_head,
     edge_fill,
     flat_observation,
     gaussian_explore,
 )
+from envactor.policy.policies.flow.prefix import prefix_mask, sample_delays
+from envactor.policy.prefix import build_prefix
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -39,7 +48,9 @@ class FlowParams(PolicyParams):
     """Flow policy parameters (``policy.params``).
 
     ``num_steps``: Euler steps at inference; ``explore_std``: Gaussian noise (normalized action
-    units) added in collect mode; ``tau_sampling``/``tau_beta``/``tau_max``: training-time law.
+    units) added in collect mode; ``tau_sampling``/``tau_beta``/``tau_max``: training-time law;
+    ``prefix_max_delay``: training-time RTC, d drawn from ``{0..prefix_max_delay}`` per example
+    (0: off; needs a velocity that reads per-token time, ``flow_prefix_velocity_mlp``).
     """
 
     num_steps: int = Field(default=5, ge=1)
@@ -47,6 +58,7 @@ class FlowParams(PolicyParams):
     tau_sampling: Literal["beta", "uniform"] = "beta"
     tau_beta: tuple[float, float] = (1.0, 1.5)
     tau_max: float = Field(default=0.999, gt=0.0, le=1.0)
+    prefix_max_delay: int = Field(default=0, ge=0)
 
     @field_validator("tau_beta")
     @classmethod
@@ -54,6 +66,15 @@ class FlowParams(PolicyParams):
         if min(v) <= 0:
             raise ValueError(f"both Beta parameters must be > 0, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _prefix_fits(self) -> FlowParams:
+        if self.prefix_max_delay >= self.horizon:
+            raise ValueError(
+                f"prefix_max_delay must be < horizon={self.horizon} (some action must remain to "
+                f"predict), got {self.prefix_max_delay}"
+            )
+        return self
 
 
 @POLICY_REGISTRY.register("flow")
@@ -71,6 +92,16 @@ class FlowPolicy(Policy):
     ) -> None:
         super().__init__(components, normalizer, **params)
         check_encoder_head(self, "velocity")
+        if self._flow.prefix_max_delay and not getattr(
+            self.components["velocity"], "token_time", 0
+        ):
+            found = type(self.components["velocity"]).__name__
+            raise PolicyError(
+                f"policy 'flow': policy.params.prefix_max_delay="
+                f"{self._flow.prefix_max_delay} (training-time RTC) needs a velocity that reads "
+                f"per-token flow time (model.components.velocity.type: flow_prefix_velocity_mlp), "
+                f"got {found}"
+            )
 
     @property
     def _flow(self) -> FlowParams:
@@ -82,11 +113,16 @@ class FlowPolicy(Policy):
         )
         return cond
 
-    def _velocity_fn(self, cond: torch.Tensor) -> Any:
+    def _velocity_fn(self, cond: torch.Tensor, committed: torch.Tensor | None = None) -> Any:
+        """``v(x, tau)``; ``committed`` (B, H) bool marks clean prefix tokens (flow time 1)."""
         velocity = self.components["velocity"]
 
         def fn(x: torch.Tensor, tau: float) -> torch.Tensor:
-            v: torch.Tensor = velocity(x, tau, cond)
+            if committed is None:
+                v: torch.Tensor = velocity(x, tau, cond)
+            else:
+                token_tau = torch.where(committed, 1.0, tau).to(x.dtype)
+                v = velocity(x, tau, cond, token_tau=token_tau)
             return v
 
         return fn
@@ -136,14 +172,78 @@ class FlowPolicy(Policy):
         x1 = batch["action"] if pad is None else edge_fill(batch["action"], pad.bool())
         x0 = torch.randn_like(x1)
         tau = self.sample_tau(x1.shape[0], x1.device).to(x1.dtype)
-        t = tau[:, None, None]
-        x_tau = t * x1 + (1.0 - t) * x0
-        v = self.components["velocity"](x_tau, tau, self._cond(batch))
+        max_delay = self._flow.prefix_max_delay
+        keep_mask: torch.Tensor | None
+        if max_delay:  # training-time RTC: the first d tokens clean (time 1), no loss on them
+            committed = prefix_mask(sample_delays(x1.shape[0], max_delay, x1.device), x1.shape[1])
+            token_tau = torch.where(committed, 1.0, tau[:, None]).to(x1.dtype)
+            t = token_tau[..., None]
+            x_tau = t * x1 + (1.0 - t) * x0
+            v = self.components["velocity"](x_tau, tau, self._cond(batch), token_tau=token_tau)
+            keep_mask = ~committed if pad is None else ~committed & ~pad.bool()
+        else:
+            t = tau[:, None, None]
+            x_tau = t * x1 + (1.0 - t) * x0
+            v = self.components["velocity"](x_tau, tau, self._cond(batch))
+            keep_mask = None if pad is None else ~pad.bool()
         err = (v - (x1 - x0)).pow(2).mean(-1)  # (B, H)
-        if pad is not None:
-            keep = (~pad.bool()).to(err.dtype)
+        if keep_mask is not None:
+            keep = keep_mask.to(err.dtype)
             return {"loss": (err * keep).sum() / keep.sum().clamp_min(1.0)}
         return {"loss": err.mean()}
+
+    def prefix_inference(
+        self,
+        obs: Mapping[str, Any],
+        normalizer: Normalizer | None = None,
+        *,
+        prev_chunk: np.ndarray | Sequence[np.ndarray],
+        delay: int | Sequence[int],
+        env_ids: EnvIds | None = None,
+    ) -> np.ndarray:
+        """Training-time RTC: a chunk ``(B, H, A)`` whose first d actions are the committed
+        ones, the rest sampled conditioned on them (needs ``prefix_max_delay > 0``).
+
+        ``prev_chunk``: each env's unexecuted remainder (index 0 = the next action to run);
+        ``delay``: d per env or one for all, clamped to the remainder's length. A d above
+        ``prefix_max_delay`` was never trained on.
+        """
+        if not self._flow.prefix_max_delay:
+            raise PolicyError(
+                "policy 'flow': prefix_inference needs a policy trained with training-time RTC "
+                "(policy.params.prefix_max_delay > 0), got prefix_max_delay=0"
+            )
+        norm = self._normalizer(normalizer)
+        with self._acting(inference=True):
+            obs_t, batch = self._prepare(obs, norm)
+            prefix_np, weights_np = build_prefix(
+                prev_chunk, batch, delay, None, self.action_shape, "zeros"
+            )
+            dev = self.device
+            prefix = norm.normalize(ACTION_KEY, torch.from_numpy(prefix_np).to(dev))
+            committed = torch.from_numpy(weights_np >= 1.0).to(dev)
+            chunk = self._prefix_chunk(obs_t, self._ids(env_ids, batch), prefix, committed)
+            chunk = self._checked(chunk, batch, "prefix_inference")
+            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+
+    def _prefix_chunk(
+        self,
+        obs: dict[str, torch.Tensor],
+        env_ids: EnvIds,
+        prefix: torch.Tensor,
+        committed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Euler sampling with the committed tokens overwritten by ``prefix`` at every step."""
+        cond = self._cond(obs)
+        x = self._randn(env_ids, *self.action_shape).to(cond.dtype)
+        keep = committed[..., None]
+        prefix = prefix.to(x.dtype)
+        fn = self._velocity_fn(cond, committed)
+        n = self._flow.num_steps
+        x = torch.where(keep, prefix, x)
+        for k in range(n):
+            x = torch.where(keep, prefix, x + fn(x, k / n) / n)
+        return x
 
     def _explore(self, chunk: torch.Tensor, env_ids: EnvIds) -> torch.Tensor:
         return gaussian_explore(self, chunk, env_ids, self._flow.explore_std)
