@@ -236,3 +236,29 @@ def test_load_rejects_bad_files(tmp_path) -> None:  # type: ignore[no-untyped-de
         Normalizer.load(stray)
     with pytest.raises(NormalizerError, match=r"missing.safetensors: cannot read"):
         Normalizer.load(tmp_path / "missing.safetensors")
+
+
+def test_affine_constants_are_the_ones_normalize_applies() -> None:
+    n = make_all()
+    cpu = torch.device("cpu")
+    x = torch.tensor([[3.0, 7.0], [2.0, -1.0]])
+    pair = n.affine("s", False, cpu)
+    assert pair is not None
+    mul, add = pair
+    torch.testing.assert_close(mul, torch.tensor([2.0, 0.25]))  # 1 / std
+    torch.testing.assert_close(add, torch.tensor([-4.0, 0.25]))  # -mean / std
+    assert torch.equal(torch.addcmul(add, x, mul), n.normalize("s", x))
+    pair = n.affine("m", True, cpu)
+    assert pair is not None
+    assert torch.equal(torch.addcmul(pair[1], x, pair[0]), n.unnormalize("m", x))
+    assert n.affine("i", False, cpu) is None
+    pair = n.affine("img", False, cpu)
+    assert pair is not None
+    mul, add = pair
+    assert mul.shape == () and add.shape == ()  # 0-d stays 0-d: any image shape broadcasts
+    assert mul.item() == pytest.approx(1 / 255)
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert n.normalize("img", pixels.float()).shape == (3,)
+    torch.testing.assert_close(n.normalize("img", pixels.float()), torch.tensor([0.0, 0.2, 1.0]))
+    with pytest.raises(NormalizerError, match=r"no normalization stats/mode for key 'zz'"):
+        n.affine("zz", False, cpu)

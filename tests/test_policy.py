@@ -250,3 +250,172 @@ def test_pid_state_per_env_and_reset() -> None:
     c = step([0.2, 0.5], ["x", "y"])
     np.testing.assert_allclose(c["x"], [1.6 + 0.08], rtol=1e-5)
     np.testing.assert_allclose(c["y"], [1.0 + 0.15], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- fast CPU boundary vs torch path
+CAM = "observation.images.cam"
+RAW = "observation.raw"
+STATS_FOR = {
+    "mean_std": lambda r, n: {"mean": r.normal(size=n), "std": r.uniform(0.1, 3.0, size=n)},
+    "min_max": lambda r, n: {"min": r.uniform(-3, -1, size=n), "max": r.uniform(0.5, 4, size=n)},
+    "quantile": lambda r, n: {"q01": r.uniform(-3, -1, size=n), "q99": r.uniform(0.5, 4, size=n)},
+    "identity": lambda r, n: {},
+}
+
+
+class TwoInputPolicy(Policy):
+    """State, a uint8 camera image and a uint8 raw feature through one linear layer."""
+
+    required_components = ("net",)
+
+    def _chunk(self, obs, env_ids):  # type: ignore[no-untyped-def]
+        flat = [obs[k].flatten(1).float() for k in (STATE, CAM, RAW)]
+        return self.components["net"](torch.cat(flat, 1)).view(-1, *self.action_shape)
+
+
+def make_two(mode: str, seed: int = 0) -> TwoInputPolicy:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    features = {
+        STATE: {"shape": [3], "norm": mode},
+        CAM: {"shape": [2, 4, 4], "dtype": "uint8", "norm": "image"},
+        RAW: {"shape": [2], "dtype": "uint8", "norm": "mean_std"},
+    }
+    norm = Normalizer(
+        {STATE: mode, CAM: "image", RAW: "mean_std", "action": mode},
+        {
+            STATE: STATS_FOR[mode](rng, 3),
+            RAW: STATS_FOR["mean_std"](rng, 2),
+            "action": STATS_FOR[mode](rng, 2),
+        },
+    )
+    net = nn.Linear(3 + 32 + 2, 4 * 2)
+    return TwoInputPolicy({"net": net}, norm, input_features=features, action_dim=2, horizon=4)
+
+
+def two_obs(b: int, seed: int, state_dtype: type = np.float32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        STATE: (rng.normal(size=(b, 3)) * 3).astype(state_dtype),
+        CAM: rng.integers(0, 256, size=(b, 2, 4, 4), dtype=np.uint8),
+        RAW: rng.integers(0, 256, size=(b, 2), dtype=np.uint8),
+    }
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max", "quantile", "identity"])
+def test_fast_cpu_boundary_matches_torch_path(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = make_two(mode)
+    norm = p.normalizer
+    assert norm is not None
+    fast = p._fast_boundary(norm)
+    assert fast is not None and (fast.action is None) == (mode == "identity")
+    general = make_two(mode)
+    monkeypatch.setattr(general, "_fast_boundary", lambda norm: None)
+    for b, seed, dtype in [
+        (1, 0, np.float32),
+        (5, 1, np.float32),
+        (4, 2, np.float64),
+        (3, 3, np.float16),
+    ]:
+        o = two_obs(b, seed, dtype)
+        prepared = fast.prepare(o)
+        assert prepared is not None and prepared[1] == b  # the fast path really ran
+        with torch.inference_mode():
+            ref, _ = general._prepare(o, norm)
+        for key in (STATE, CAM, RAW):
+            assert prepared[0][key].dtype == ref[key].dtype == torch.float32, key
+            assert torch.equal(prepared[0][key], ref[key]), key
+        out, want = p.predict(o), general.predict(o)
+        assert out.dtype == want.dtype == np.float32 and out.shape == (b, 4, 2)
+        np.testing.assert_array_equal(out, want)  # same constants, same ops: bit for bit
+    # hand check of one key: the camera's image mode is x / 255
+    o = two_obs(2, 9)
+    prepared = fast.prepare(o)
+    assert prepared is not None
+    cam = prepared[0][CAM]
+    np.testing.assert_allclose(cam.numpy(), o[CAM] / 255.0, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+def test_fast_boundary_falls_back_and_keeps_errors() -> None:
+    p = make_two("mean_std")
+    norm = p.normalizer
+    assert norm is not None
+    fast = p._fast_boundary(norm)
+    assert fast is not None
+    good = two_obs(2, 0)
+    want = p.predict(good)
+    unusual = {  # each takes the general path, which gives the same answer
+        "torch inputs": {k: torch.from_numpy(v) for k, v in good.items()},
+        "negative strides": {**good, STATE: good[STATE][::-1].copy()[::-1]},
+        "read-only": {
+            k: np.frombuffer(v.tobytes(), v.dtype).reshape(v.shape) for k, v in good.items()
+        },
+        "lists": {**good, STATE: good[STATE].tolist()},
+    }
+    for name, o in unusual.items():
+        np.testing.assert_array_equal(p.predict(o), want, err_msg=name)
+    assert fast.prepare(unusual["torch inputs"]) is None
+    assert fast.prepare(unusual["negative strides"]) is None
+    with pytest.raises(
+        ObservationError,
+        match=r"\['observation.images.cam'\]: expected uint8 \(image\), got torch.float32",
+    ):
+        p.predict({**good, CAM: good[CAM].astype(np.float32)})
+    with pytest.raises(
+        ObservationError,
+        match=r"observation\['observation.raw'\]: expected shape \(B, 2\), got \(2, 3\)",
+    ):
+        p.predict({**good, RAW: np.zeros((2, 3), np.uint8)})
+    with pytest.raises(ObservationError, match=r"disagree on the batch size"):
+        p.predict({**good, STATE: np.zeros((3, 3), np.float32)})
+    with pytest.raises(ObservationError, match="numeric"):
+        p.predict({**good, STATE: np.zeros((2, 3), np.bool_)})
+    int_state = {**good, STATE: np.arange(6).reshape(2, 3)}  # ints: general path, cast to float32
+    np.testing.assert_array_equal(
+        p.predict(int_state), p.predict({**good, STATE: np.arange(6.0).reshape(2, 3)})
+    )
+
+
+def test_fast_boundary_follows_normalizer_and_device() -> None:
+    p = make_probe()
+    o = obs(3)
+    before = p.predict(o)
+    assert p.normalizer is not None
+    stats = p.normalizer.stats
+    stats["action"]["mean"] = stats["action"]["mean"] + 1.0
+    p.normalizer = Normalizer(p.normalizer.modes, stats)
+    np.testing.assert_allclose(p.predict(o), before + 1.0, rtol=1e-6)  # new stats are used
+    bad = Normalizer(
+        {STATE: "mean_std", "action": "mean_std"},
+        {**stats, STATE: {"mean": np.zeros(4), "std": np.ones(4)}},
+    )
+    p.normalizer = bad  # stats that do not fit the feature: the normalizer's own error
+    with pytest.raises(Exception, match=r"expected trailing shape \(4,\)"):
+        p.predict(o)
+    p.to("meta")  # any device but the CPU keeps the torch path
+    assert p._fast_boundary(bad) is None
+
+
+def test_wrong_chunk_dtype_or_shape_after_explore_names_hook() -> None:
+    class Wrong(ProbePolicy):
+        def _explore(self, chunk, env_ids):  # type: ignore[no-untyped-def]
+            return chunk[:, :2]
+
+    p = make_probe()
+    p.__class__ = Wrong
+    with pytest.raises(
+        PolicyError, match=r"_explore must return shape \(3, 4, 3\), got \(3, 2, 3\)"
+    ):
+        p.predict(obs(3), explore=True)
+
+    class Half(ProbePolicy):
+        def _chunk(self, obs, env_ids):  # type: ignore[no-untyped-def]
+            return super()._chunk(obs, env_ids).to(torch.bfloat16)
+
+    p = make_probe()
+    ref = p.predict(obs(3))
+    p.__class__ = Half
+    out = p.predict(obs(3))  # bfloat16 chunks take the general path: rounded like before
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=2e-2, atol=0.1)

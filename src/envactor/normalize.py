@@ -220,6 +220,16 @@ class Normalizer:
         out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float32)
         return cast(ArrayT, out.astype(out_dtype, copy=False))
 
+    def affine(
+        self, key: str, inverse: bool, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mul, add)`` with ``y = torch.addcmul(add, x, mul)`` for tensors of ``dtype`` on
+        ``device``: the constants ``normalize`` (``unnormalize`` when ``inverse``) applies;
+        None for identity. Cached; callers must not modify them."""
+        if self._require(key) is None:
+            return None
+        return self._cached(key, device, dtype, inverse)
+
     def _cached(
         self, key: str, device: torch.device, dtype: torch.dtype, inverse: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,10 +246,9 @@ class Normalizer:
                 mul, add = 1.0 / scale, bias - center / scale
             # normal tensors even when first used under inference_mode, so a later autograd
             # pass (learn mode, guided sampling) may save them for backward
-            with torch.inference_mode(False):
+            with torch.inference_mode(False):  # as_tensor keeps 0-d stats 0-d (image mode)
                 mul_t, add_t = (
-                    torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
-                    for a in (mul, add)
+                    torch.as_tensor(np.asarray(a), dtype=dtype, device=device) for a in (mul, add)
                 )
             entry = (mul_t, add_t)
             self._torch_cache[(key, device, dtype, inverse)] = entry

@@ -11,6 +11,7 @@ remembering them. Registration (``POLICY_REGISTRY.register``) enforces that.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -21,9 +22,11 @@ from torch import nn
 from envactor.chunking.masks import Schedule
 from envactor.normalize import Normalizer
 from envactor.policy.boundary import (
+    FastBoundary,
     ObservationError,
     batch_size_of,
     dummy_observation,
+    inference_guard,
     to_numpy,
     to_tensor,
 )
@@ -175,17 +178,17 @@ class Policy(nn.Module):
         return self
 
     # ------------------------------------------------------------------ mode switching
-    def _acting(self, inference: bool = True) -> torch.inference_mode | torch.no_grad:
-        """eval() + acting weights; returns the grad context to run in: inference_mode, or
-        ``no_grad`` when ``inference`` is False (guided sampling backpropagates through the
-        network, which inference tensors forbid)."""
+    def _acting(self, inference: bool = True) -> AbstractContextManager[Any]:
+        """eval() + acting weights; returns the grad context to run in: inference mode (torch's
+        own guard, without the Python wrapper), or ``no_grad`` when ``inference`` is False
+        (guided sampling backpropagates through the network, which inference tensors forbid)."""
         # Check the root flag only: walking every module each call is what made one anchor's
         # select_action spend 200 ms in eval().
         if self.training:
             self.eval()
         if self._ema is not None:
             self._ema.use("ema")
-        return torch.inference_mode() if inference else torch.no_grad()
+        return inference_guard(True) if inference else torch.no_grad()
 
     def _learning(self) -> None:
         if not self.training:
@@ -208,7 +211,30 @@ class Policy(nn.Module):
                 )
         return norm
 
+    def _fast_boundary(self, norm: Normalizer) -> FastBoundary | None:
+        """The numpy-in/numpy-out boundary for ``norm`` on CPU (cached per policy), else None."""
+        fast: FastBoundary | None = self.__dict__.get("_fast_boundary_cache")
+        p, device = self.params, self._device
+        if (
+            fast is None
+            or fast.norm is not norm
+            or fast.device is not device
+            or fast.features is not p.input_features
+            or fast.horizon != p.horizon
+            or fast.action_dim != p.action_dim
+        ):
+            shape = (p.horizon, p.action_dim)
+            fast = FastBoundary(p.input_features, norm, ACTION_KEY, shape, device)
+            self.__dict__["_fast_boundary_cache"] = fast  # plain data: skip Module.__setattr__
+        return fast if fast.usable else None
+
     def _prepare(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
+        fast = self._fast_boundary(norm)
+        prepared = fast.prepare(obs) if fast is not None else None
+        return prepared if prepared is not None else self._prepare_general(obs, norm)
+
+    def _prepare_general(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
+        """Any device, numpy or torch inputs; raises the errors that name key and expectation."""
         batch = batch_size_of(obs, self.input_features)
         dev = self.device
         out = {}
@@ -251,13 +277,21 @@ class Policy(nn.Module):
         self, obs: Obs, normalizer: Normalizer | None, env_ids: EnvIds | None, explore: bool
     ) -> np.ndarray:
         norm = self._normalizer(normalizer)
+        fast = self._fast_boundary(norm)
         with self._acting():
-            obs_t, batch = self._prepare(obs, norm)
-            chunk = self._checked(self._chunk(obs_t, self._ids(env_ids, batch)), batch, "_chunk")
+            prepared = fast.prepare(obs) if fast is not None else None
+            obs_t, batch = prepared or self._prepare_general(obs, norm)
+            ids = list(range(batch)) if env_ids is None else self._ids(env_ids, batch)
+            chunk = self._chunk(obs_t, ids)
+            hook = "_chunk"
             if explore:
-                ids = self._ids(env_ids, batch)
-                chunk = self._checked(self._explore(chunk, ids), batch, "_explore")
-            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+                chunk = self._checked(chunk, batch, hook)
+                chunk, hook = self._explore(chunk, self._ids(env_ids, batch)), "_explore"
+            out = fast.finish(chunk, batch) if fast is not None else None
+            if out is None:  # the general path checks the shape (the fast one said no)
+                chunk = self._checked(chunk, batch, hook)
+                out = to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+            return out
 
     def guided_inference(
         self,

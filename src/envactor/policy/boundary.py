@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import torch
 
+from envactor.normalize import Normalizer
 from envactor.policy.specs import FeatureSpec
 
 
@@ -81,3 +83,111 @@ def dummy_observation(
         key: np.zeros((batch_size, *spec.shape), dtype=spec.numpy_dtype())
         for key, spec in features.items()
     }
+
+
+# The C++ guard that ``torch.inference_mode()`` wraps: entering it directly skips building and
+# entering a Python context manager per call (~5 us with the network's data in the caches).
+inference_guard: Callable[[bool], AbstractContextManager[Any]] = getattr(
+    torch._C, "_InferenceMode", torch.inference_mode
+)
+
+_FLOAT32 = np.dtype(np.float32)
+_UINT8 = np.dtype(np.uint8)
+_OTHER_FLOATS = (np.dtype(np.float64), np.dtype(np.float16))
+Affine = tuple[torch.Tensor, torch.Tensor]
+
+
+class FastBoundary:
+    """The policy boundary for the common case on CPU: numpy observations in, numpy chunk out.
+
+    It gives the same tensors and arrays as ``batch_size_of`` + ``to_tensor`` +
+    ``Normalizer.normalize``, and ``unnormalize`` + ``to_numpy`` (the same constants and one
+    ``addcmul`` per key), with what depends only on the policy looked up once. Torch ops rather
+    than numpy ufuncs: after the network ran, torch's code is warm in the caches and numpy's is
+    not, so each ufunc costs more than the op. Anything unusual (torch inputs, a missing key, a
+    wrong shape or dtype, stats that do not fit) answers None, and the caller takes the general
+    path, which raises its errors.
+
+    Args:
+        features: the policy's input features; ``norm``: its normalizer; ``action_key``: the
+            normalizer key of actions; ``action_shape``: ``(H, A)``; ``device``: the policy's
+            (``usable`` is False unless it is the CPU). All are kept as given.
+    """
+
+    def __init__(
+        self,
+        features: Mapping[str, FeatureSpec],
+        norm: Normalizer,
+        action_key: str,
+        action_shape: tuple[int, int],
+        device: torch.device,
+    ) -> None:
+        self.features = features
+        self.norm = norm
+        self.horizon, self.action_dim = action_shape
+        self.device = device
+        self.usable = device.type == "cpu" and all(k in norm for k in (*features, action_key))
+        self.inputs: list[tuple[str, tuple[int, ...], bool, Affine | None]] = []
+        self.action: Affine | None = None
+        if self.usable:
+            for key, spec in features.items():
+                affine = self._affine(key, spec.shape, inverse=False)
+                self.inputs.append((key, spec.shape, spec.dtype == "uint8", affine))
+            self.action = self._affine(action_key, action_shape, inverse=True)
+
+    def _affine(self, key: str, shape: tuple[int, ...], inverse: bool) -> Affine | None:
+        pair = self.norm.affine(key, inverse, torch.device("cpu"))
+        if pair is not None:
+            n = pair[0].dim()
+            if n > len(shape) or (n and shape[len(shape) - n :] != tuple(pair[0].shape)):
+                self.usable = False  # the normalizer's own check names the mismatch
+        return pair
+
+    def prepare(self, obs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], int] | None:
+        """Normalized CPU tensors per feature (float32; uint8 for identity images) and B."""
+        out: dict[str, torch.Tensor] = {}
+        batch = -1
+        for key, shape, is_uint8, affine in self.inputs:
+            value = obs.get(key)
+            if type(value) is not np.ndarray:
+                return None
+            full = value.shape
+            if full[1:] != shape or not full:
+                return None
+            dtype = value.dtype
+            if is_uint8:
+                if dtype is not _UINT8:
+                    return None
+            elif dtype is not _FLOAT32 and dtype not in _OTHER_FLOATS:
+                return None
+            if full[0] != batch:
+                if batch >= 0:
+                    return None
+                batch = full[0]
+            if affine is None:  # identity: as to_tensor gives it (shares the caller's memory)
+                t = torch.from_numpy(np.ascontiguousarray(value))
+                out[key] = t if is_uint8 or dtype is _FLOAT32 else t.float()
+                continue
+            try:
+                t = torch.from_numpy(value)
+            except ValueError:  # negative strides
+                return None
+            if not is_uint8 and dtype is not _FLOAT32:
+                t = t.float()  # round to float32 first, as to_tensor does
+            out[key] = torch.addcmul(affine[1], t, affine[0])  # uint8 is promoted exactly
+        return out, batch
+
+    def finish(self, chunk: Any, batch: int) -> np.ndarray | None:
+        """A float32 CPU chunk of shape ``(batch, H, A)`` unnormalized as numpy; None for
+        anything else (the general path checks and says what is wrong)."""
+        if (
+            type(chunk) is not torch.Tensor
+            or chunk.dtype is not torch.float32
+            or chunk.shape != (batch, self.horizon, self.action_dim)
+            or not chunk.is_cpu
+        ):
+            return None
+        if self.action is None:
+            return None if chunk.requires_grad else chunk.numpy()
+        # under inference mode the result never requires grad, whatever the chunk does
+        return torch.addcmul(self.action[1], chunk, self.action[0]).numpy()
