@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from envactor.nn.blocks._common import Activation
+from envactor.nn.blocks import Activation
 from envactor.nn.blocks.flow import FlowVelocityMLP
 from envactor.registry import COMPONENT_REGISTRY
 
