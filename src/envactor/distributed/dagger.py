@@ -100,7 +100,7 @@ def _features(spec: dict[str, Any]) -> dict[str, Any]:
     return feats
 
 
-def _write_dataset(path: Path, episodes: list[dict[str, np.ndarray]], spec: dict[str, Any]) -> int:
+def _write_dataset(path: Path, episodes: list[dict[str, np.ndarray]], spec: dict[str, Any]) -> None:
     from envactor.data import DatasetWriter
 
     feats = _features(spec)
@@ -108,7 +108,6 @@ def _write_dataset(path: Path, episodes: list[dict[str, np.ndarray]], spec: dict
                        overwrite=True) as writer:  # fmt: skip
         for ep in episodes:
             writer.add_episode({k: ep[k] for k in (*feats, "reward")})
-    return sum(len(ep["action"]) for ep in episodes)
 
 
 def _read_dataset(path: Path) -> list[dict[str, np.ndarray]]:
@@ -175,7 +174,8 @@ def train_online(s: OnlineSettings, *, progress: bool = True) -> list[dict[str, 
             demos = []
         version0 = build_policy(ckpt).weight_version
         agg = out / "data" / "agg_0000"
-        _write_dataset(agg, demos, spec) if demos else None
+        if demos:
+            _write_dataset(agg, demos, spec)
         state = _State(0, version0, str(ckpt.relative_to(out)), str(agg.relative_to(out)), [])
         state.save(out)
     aggregate = _read_dataset(out / state.dataset) if (out / state.dataset).exists() else []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +34,6 @@ class WeightPayload:
     tensors: dict[str, np.ndarray]
     viewed: dict[str, str] = field(default_factory=dict)
     nbytes: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def policy_weights(
@@ -56,7 +54,6 @@ def policy_weights(
 def pack(
     state_dict: Mapping[str, torch.Tensor],
     version: int,
-    meta: Mapping[str, Any] | None = None,
     *,
     copy: bool = False,
 ) -> WeightPayload:
@@ -77,7 +74,7 @@ def pack(
         arr = t.numpy()
         tensors[name] = arr
         nbytes += arr.nbytes
-    return WeightPayload(int(version), tensors, viewed, nbytes, dict(meta or {}))
+    return WeightPayload(int(version), tensors, viewed, nbytes)
 
 
 def unpack(payload: WeightPayload) -> dict[str, torch.Tensor]:

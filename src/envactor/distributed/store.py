@@ -59,10 +59,6 @@ class WeightStore:
         self.publishes += 1
         return self.version
 
-    def latest(self) -> tuple[int, list[Any] | None]:
-        """(version, [ref]) of the latest publish; (-1, None) before the first."""
-        return self.version, self._box
-
     def sync(self, worker: str, version: int, steps: int = 0) -> tuple[int, list[Any]] | None:
         """A worker's check: record its version and progress; the newer weights or None."""
         st = self.workers.setdefault(worker, WorkerState())

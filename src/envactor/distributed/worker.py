@@ -159,10 +159,6 @@ class RolloutWorker:
         return {"worker": self.worker_id, "pid": os.getpid(), "policy": self.policy.name,
                 "version": int(self.policy.weight_version)}  # fmt: skip
 
-    def version(self) -> int:
-        """The weight version the policy acts with."""
-        return int(self.policy.weight_version)
-
     def weight_loads(self) -> list[tuple[int, str]]:
         """(version, object id) of every weight version this worker loaded, in order."""
         return [] if self.subscriber is None else list(self.subscriber.loads)

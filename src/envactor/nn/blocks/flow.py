@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from envactor.registry import COMPONENT_REGISTRY
 
@@ -61,6 +61,7 @@ class FlowVelocityMLP(nn.Module):
         dropout: dropout inside each block.
     """
 
+    label: ClassVar[str] = "flow_velocity_mlp"  # the registered name, for error messages
     shapes: ClassVar[dict[str, str]] = {
         "x": "(B, H, A) noisy chunk",
         "tau": "() or (B,) flow time, 0 = noise, 1 = data",
@@ -108,9 +109,15 @@ class FlowVelocityMLP(nn.Module):
         self, x: torch.Tensor, tau: torch.Tensor | float, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x (B, H, A)``, ``tau () | (B,)``, ``cond (B, cond_dim)`` -> velocity ``(B, H, A)``."""
+        b, t = self._batch_and_time(x, tau)
+        return self._trunk(x.reshape(b, -1), self._film(t, cond, b))
+
+    def _batch_and_time(self, x: torch.Tensor, tau: torch.Tensor | float) -> tuple[int, Tensor]:
+        """Check ``x``; ``tau`` as a ``(B,)`` tensor."""
+        name = self.label
         if x.dim() != 3 or tuple(x.shape[1:]) != (self.horizon, self.action_dim):
             raise ValueError(
-                f"flow_velocity_mlp: expected x of shape (B, {self.horizon}, {self.action_dim}), "
+                f"{name}: expected x of shape (B, {self.horizon}, {self.action_dim}), "
                 f"got {tuple(x.shape)}"
             )
         b = x.shape[0]
@@ -118,25 +125,31 @@ class FlowVelocityMLP(nn.Module):
         if t.dim() == 0:
             t = t.expand(b)
         if tuple(t.shape) != (b,):
-            raise ValueError(
-                f"flow_velocity_mlp: expected tau of shape () or ({b},), got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name}: expected tau of shape () or ({b},), got {tuple(t.shape)}")
+        return b, t
+
+    def _film(self, t: Tensor, cond: Tensor | None, b: int) -> Tensor:
+        """The FiLM signal ``act(Linear([time_emb(tau), cond]))`` ``(B, width)``."""
+        name = self.label
         parts = [self.time_emb(t)]
         if self.cond_dim:
             if cond is None or tuple(cond.shape) != (b, self.cond_dim):
                 found = None if cond is None else tuple(cond.shape)
                 raise ValueError(
-                    f"flow_velocity_mlp: expected cond of shape ({b}, {self.cond_dim}), got {found}"
+                    f"{name}: expected cond of shape ({b}, {self.cond_dim}), got {found}"
                 )
             parts.append(cond.to(parts[0].dtype))
         elif cond is not None and cond.numel():
             raise ValueError(
-                "flow_velocity_mlp: built with cond_dim=0, expected cond None, "
-                f"got shape {tuple(cond.shape)}"
+                f"{name}: built with cond_dim=0, expected cond None, got shape {tuple(cond.shape)}"
             )
-        c = self.cond_net(torch.cat(parts, dim=-1))
-        h = self.input_proj(x.reshape(b, -1))
+        c: Tensor = self.cond_net(torch.cat(parts, dim=-1))
+        return c
+
+    def _trunk(self, flat: Tensor, c: Tensor) -> Tensor:
+        """Flattened input ``(B, in)`` and FiLM signal -> velocity ``(B, H, A)``."""
+        h = self.input_proj(flat)
         for block in self.blocks:
             h = block(h, c)
-        out: torch.Tensor = self.out_proj(self.out_norm(h))
-        return out.view(b, self.horizon, self.action_dim)
+        out: Tensor = self.out_proj(self.out_norm(h))
+        return out.view(flat.shape[0], self.horizon, self.action_dim)

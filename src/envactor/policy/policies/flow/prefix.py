@@ -31,6 +31,7 @@ class FlowPrefixVelocityMLP(FlowVelocityMLP):
     """
 
     token_time = True
+    label = "flow_prefix_velocity_mlp"
 
     def __init__(
         self,
@@ -53,41 +54,16 @@ class FlowPrefixVelocityMLP(FlowVelocityMLP):
         token_tau: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """As ``flow_velocity_mlp``; ``token_tau`` (B, H) per-token flow time (default: tau)."""
-        if x.dim() != 3 or tuple(x.shape[1:]) != (self.horizon, self.action_dim):
-            raise ValueError(
-                f"flow_prefix_velocity_mlp: expected x of shape (B, {self.horizon}, "
-                f"{self.action_dim}), got {tuple(x.shape)}"
-            )
-        b = x.shape[0]
-        t = torch.as_tensor(tau, device=x.device, dtype=x.dtype)
-        t = t.expand(b) if t.dim() == 0 else t
-        if tuple(t.shape) != (b,):
-            raise ValueError(
-                f"flow_prefix_velocity_mlp: expected tau of shape () or ({b},), "
-                f"got {tuple(t.shape)}"
-            )
+        b, t = self._batch_and_time(x, tau)
         if token_tau is None:
             token_tau = t[:, None].expand(b, self.horizon)
         elif tuple(token_tau.shape) != (b, self.horizon):
             raise ValueError(
-                f"flow_prefix_velocity_mlp: expected token_tau of shape ({b}, {self.horizon}), "
+                f"{self.label}: expected token_tau of shape ({b}, {self.horizon}), "
                 f"got {tuple(token_tau.shape)}"
             )
-        parts = [self.time_emb(t)]
-        if self.cond_dim:
-            if cond is None or tuple(cond.shape) != (b, self.cond_dim):
-                found = None if cond is None else tuple(cond.shape)
-                raise ValueError(
-                    f"flow_prefix_velocity_mlp: expected cond of shape ({b}, {self.cond_dim}), "
-                    f"got {found}"
-                )
-            parts.append(cond.to(parts[0].dtype))
-        c = self.cond_net(torch.cat(parts, dim=-1))
-        h = self.input_proj(torch.cat([x, token_tau.to(x.dtype)[..., None]], dim=-1).flatten(1))
-        for block in self.blocks:
-            h = block(h, c)
-        out: torch.Tensor = self.out_proj(self.out_norm(h))
-        return out.view(b, self.horizon, self.action_dim)
+        flat = torch.cat([x, token_tau.to(x.dtype)[..., None]], dim=-1).flatten(1)
+        return self._trunk(flat, self._film(t, cond, b))
 
 
 def prefix_mask(delays: torch.Tensor, horizon: int) -> torch.Tensor:
