@@ -1,6 +1,6 @@
 # The two entry points: `make demo` (the main job) and `make test` (the whole suite).
 # Both set up .venv from this repository's files first (scripts/setup.sh).
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench test-lerobot
 
 setup:
 	bash scripts/setup.sh
@@ -10,6 +10,12 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# LeRobot interoperability: LeRobot 0.4.4 itself reads what envactor writes (tests/lerobot/).
+# A separate venv, since LeRobot's torch/torchvision differ from the main one's (see the script).
+test-lerobot:
+	bash scripts/setup_lerobot.sh
+	.venv-lerobot/bin/python -m pytest -q tests/lerobot tests/test_lerobot_dataset.py
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks

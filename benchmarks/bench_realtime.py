@@ -71,11 +71,15 @@ def run_controller(
     policy: Policy, hz: float, seconds: float, executor: str, switch_interval: float | None
 ) -> dict[str, Any]:
     robot = SimulatedRobot(gym.make("Pendulum-v1"), hz, threaded=True)
+    # limits=None: the health limits would stop a run whose policy is slow on purpose (burn)
     ctrl = RealtimeController(
         policy, robot, hz=hz, executor=executor, switch_interval=switch_interval,
-        max_obs_age=None,
+        max_obs_age=None, limits=None,
     )  # fmt: skip
-    return ctrl.run(seconds).to_dict()
+    tel = ctrl.run(seconds).to_dict()
+    if tel["stop_reason"] != "duration":  # a safe stop: its row would describe a shorter run
+        print(f"warning: a run stopped early ({tel['stop_reason']}: {tel['error']})")
+    return tel
 
 
 def _grid_loop(hz: float, seconds: float, out: Any, ready: Any) -> None:

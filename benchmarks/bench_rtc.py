@@ -1,4 +1,4 @@
-"""Cost of real-time-chunking guidance vs plain flow sampling (REFERENCE.md section 3).
+"""Cost of real-time-chunking guidance vs plain flow sampling (docs/chunking.md: RTC, Eq. 2).
 
 Times, per call, on one small flow velocity network (an MLP over the flattened (H, A) chunk plus
 a sinusoidal tau embedding), under an outer ``torch.inference_mode()`` as a policy would run it:

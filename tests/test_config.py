@@ -63,7 +63,7 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
     p = write(tmp_path, "policy.yaml", "- policy\n- model\n")
     err = error_of(load_yaml, p)
     assert (err.file, err.line) == (str(p), 1)
-    assert "top level must be a mapping" in str(err) and "a list" in str(err)
+    assert "expected a mapping of keys to values at the top level, found a list" in str(err)
 
 
 def test_empty_file_is_rejected(tmp_path: Path) -> None:
@@ -198,7 +198,8 @@ def test_component_not_a_mapping(tmp_path: Path) -> None:
         "model:\n  component_config_paths: {enc: comps/enc.yaml}\n" + MINIMAL,
     )
     err = error_of(load_policy_config, p)
-    assert err.file == str(comp) and "must be a mapping" in str(err)
+    assert err.file == str(comp) and "expected a mapping with 'type:'" in str(err)
+    assert "found a list" in str(err) and f"model.component_config_paths.enc at {p}:2" in str(err)
 
 
 def test_component_in_both_forms(tmp_path: Path) -> None:

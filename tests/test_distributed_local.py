@@ -208,6 +208,9 @@ def test_train_online_cli_in_process_and_resume(tmp_path: Path) -> None:
            "--iterations", "1", "--out", str(out), "--no-progress"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    # each row says how many episodes the success and return are over, and how many dropped
+    assert "over 8 episodes (0 dropped)" in res.stdout
+    assert "iteration 1: version 1, collected 8 episodes (0 dropped), eval success" in res.stdout
     state = json.loads((out / "state.json").read_text())
     assert state["iteration"] == 1 and state["version"] == 1
     assert (out / "checkpoints" / "v0001" / "meta.json").is_file()
@@ -225,6 +228,8 @@ def test_train_online_cli_in_process_and_resume(tmp_path: Path) -> None:
     with open(out / "curve.csv") as f:
         table = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in table] == [0, 1, 2]
+    assert [(r["eval_episodes"], r["eval_dropped"]) for r in table] == [("8", "0")] * 3
+    assert [(r["episodes"], r["dropped"]) for r in table] == [("0", "0"), ("8", "0"), ("8", "0")]
     assert (out / "curve.png").stat().st_size > 1000
     assert not (out / "data" / "agg_0001").exists() and (out / "data" / "agg_0002").is_dir()
     saved = build_policy(out / "checkpoints" / "v0002")
@@ -262,3 +267,76 @@ def test_sync_every_decides_when_workers_check(sync_every: str, expected: int) -
         events = list(worker.rollout([0, 1, 2], seed=0))
     assert [e.episodes for e in events if isinstance(e, EpisodesStarted)] == [[0, 1], [2]]
     assert worker.steps == 400 and checks == expected
+
+
+# ---------------------------------------------------------------------------- refused up front
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting Ray or training from here on fails the test."""
+    import envactor.distributed.dagger as dagger
+    import envactor.distributed.pool as pool
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the settings were checked")
+
+    monkeypatch.setattr(pool, "init_ray", forbidden)
+    monkeypatch.setattr(dagger, "_bootstrap", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--executor", "foo"], "argument --executor: unknown executor 'foo'; known executors: "),
+        (["--executor", "rtc_identty"], "did you mean 'rtc_identity'?"),
+        (["--sync-every", "steps:0"], "argument --sync-every: expected 'chunk', 'episode'"),
+        (["--lr", "nan"], "argument --lr: expected a finite number > 0, got 'nan'"),
+        (["--num-envs", "0"], "argument --num-envs: expected an integer >= 1, got '0'"),
+        (["--iterations", "-1"], "argument --iterations: expected an integer >= 0, got '-1'"),
+        (["--workers", "-1"], "argument --workers: expected an integer >= 0, got '-1'"),
+    ],
+)  # fmt: skip
+def test_train_online_bad_flags_are_refused_while_parsing(
+    flags: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from envactor.cli import main
+
+    _no_work(monkeypatch)
+    out = tmp_path / "online"
+    with pytest.raises(SystemExit) as exc:
+        main(["train-online", "--workers", "2", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_online_checks_the_rest_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envactor.cli import main
+    from envactor.distributed.dagger import OnlineSettings, train_online
+
+    _no_work(monkeypatch)
+    out = tmp_path / "online"
+    cases = [
+        (["--horizon", "4", "--n-action-steps", "6"], "--n-action-steps must be <= --horizon (4)"),
+        (["--init", str(tmp_path / "nope")], f"--init: checkpoint {tmp_path / 'nope'} does not"),
+        (["envactor/PendulumSwingUp-v9"], "unknown envactor task 'envactor/PendulumSwingUp-v9'"),
+    ]
+    for flags, expected in cases:
+        assert main(["train-online", "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    # the library refuses the same settings, naming its fields, before writing anything
+    bad = [
+        ({"executor": "foo"}, ValueError, "unknown executor 'foo'"),
+        ({"eval_episodes": 0}, ValueError, "eval_episodes: expected an int >= 1, got 0"),
+        ({"lr": float("inf")}, ValueError, "lr: expected a finite number > 0, got inf"),
+        ({"sync_every": "always"}, ValueError, "sync_every: expected 'chunk'"),
+        ({"n_action_steps": 9}, ValueError, "n_action_steps: expected <= horizon=8, got 9"),
+        ({"task": "nope"}, KeyError, "unknown envactor task 'nope'"),
+    ]
+    for kw, kind, expected in bad:
+        with pytest.raises(kind, match=expected):
+            train_online(OnlineSettings.quick(out=out, workers=2, **kw), progress=False)
+    assert not out.exists()

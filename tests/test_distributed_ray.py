@@ -164,3 +164,34 @@ def test_bad_weights_fail_loudly_naming_the_worker(cluster: None, ckpt: dict[str
         assert pool.replaced == 0  # an error in the weights is not a crash to retry
         pub.publish(policy, 2)  # the worker survived and takes the next, good version
         assert pool.collect(range(2)).finished == 2
+
+
+def test_worker_killed_during_evaluation_is_counted_and_excluded(
+    cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envactor.distributed.dagger import EVAL_BASE, OnlineSettings, train_online
+
+    init = save_policy(zero_mean_policy(), tmp_path / "init")  # pendulum-sized, no training
+    s = OnlineSettings.quick(out=tmp_path / "online", workers=2, init=init, iterations=0,
+                             num_envs=2, eval_episodes=8)  # fmt: skip
+    # the curve's first row is the evaluation of version 0: w1 takes ids 0-3, w0 ids 4-7 and
+    # dies at its vector step 60, mid-way through episodes 4 and 5 (200 steps each)
+    (row,) = train_online(s, progress=False, faults={"w0": 60})
+    assert (row["eval_episodes"], row["eval_dropped"]) == (6, 2)
+    assert "over 6 episodes (2 dropped)" in capsys.readouterr().out
+    # success and return are over the 6 finished episodes: exactly what one in-process worker
+    # gets for those ids
+    finished = [EVAL_BASE + i for i in (0, 1, 2, 3, 6, 7)]
+    noise = {"action_noise_std": s.action_noise_std}
+    kwargs = {"policy": checkpoint_files(init), "task": s.task, "num_envs": 2,
+              "executor": s.executor, "env_kwargs": noise}  # fmt: skip
+    with WorkerPool(0, kwargs) as local:
+        ref = local.collect(finished, seed=s.seed).episodes
+    assert row["eval_return"] == float(np.mean([e.metrics["episode_return"] for e in ref]))
+    succ = [e.metrics["success"] for e in ref if e.metrics["success"] is not None]
+    assert len(succ) == 6 and row["eval_success"] == float(np.mean(succ))
+    curve = (tmp_path / "online" / "curve.csv").read_text().splitlines()
+    header, first = curve[0].split(","), curve[1].split(",")
+    assert (
+        first[header.index("eval_dropped")] == "2" and first[header.index("eval_episodes")] == "6"
+    )

@@ -1,4 +1,4 @@
-"""RTC guided sampling (REFERENCE.md section 3) against closed forms and plain Euler sampling."""
+"""RTC guided sampling against closed forms and plain Euler sampling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefix weights W (REFERENCE.md section 2): worked values, schedules, clamping, errors."""
+"""Prefix weights W: worked values, schedules, clamping, errors."""
 
 from __future__ import annotations
 

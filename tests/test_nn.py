@@ -30,6 +30,7 @@ BUILTINS = {
     "conv_image_encoder",
     "flow_velocity_mlp",
     "mlp",
+    "observation_encoder",
     "sinusoidal_time_embedding",
     "transformer_encoder",
 }
@@ -243,7 +244,7 @@ def test_transformer_encoder_padding_and_max_len() -> None:
         enc(torch.randn(1, 7, 3))
 
 
-def test_conv_encoder_uint8_and_spatial_softmax_keypoint() -> None:
+def test_conv_encoder_refuses_uint8_and_spatial_softmax_keypoint() -> None:
     enc = _build(
         {
             "type": "conv_image_encoder",
@@ -254,7 +255,10 @@ def test_conv_encoder_uint8_and_spatial_softmax_keypoint() -> None:
         }
     )
     img = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    assert torch.allclose(enc(img), enc(img.float() / 255.0))
+    # pixels are divided by 255 in one place only: the policy boundary's 'image' normalization
+    with pytest.raises(ValueError, match=r"expected float pixels in \[0, 1\], got torch.uint8"):
+        enc(img)
+    assert enc(img.float() / 255.0).shape == (2, 2)
     with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\), got \(2, 3, 8, 9\)"):
         enc(torch.rand(2, 3, 8, 9))
     feats = torch.zeros(1, 2, 3, 4)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -164,7 +167,7 @@ def test_construction_errors() -> None:
 
 def test_streaming_matches_one_batch() -> None:
     rng = np.random.default_rng(1)
-    # chunks drift and widen so the histograms must grow in both directions
+    # chunks drift and widen; 4000 frames < sketch_size, so the quantiles are exact
     chunks = [rng.normal(i * (-1) ** i, 1 + i, size=(400, 2, 3)) for i in range(10)]
     acc = StatsAccumulator({"x": "quantile", "y": "mean_std"})
     for c in chunks:
@@ -181,14 +184,116 @@ def test_streaming_matches_one_batch() -> None:
         np.testing.assert_allclose(sx[name], ref, rtol=1e-9, atol=0)
     np.testing.assert_allclose(sy["std"], data[:, 0, 0].std(), rtol=1e-9)
     assert sy["std"].shape == ()
-    width = acc.bin_width("x")
-    assert np.all(width < 2 * (data.max(0) - data.min(0)) / 2046)
+    assert acc.rank_error("x") == 0
     for name, q in [("q01", 0.01), ("q99", 0.99)]:
-        err = np.abs(sx[name] - np.quantile(data, q, axis=0))
-        assert np.all(err <= width), (name, err.max(), width.min())
+        np.testing.assert_allclose(sx[name], np.quantile(data, q, axis=0), rtol=1e-12, atol=0)
     # the normalizer is usable as is, with every stat kept so the mode could change
     assert set(sx) == {"mean", "std", "min", "max", "q01", "q99"}
     assert norm.modes == {"x": "quantile", "y": "mean_std"}
+
+
+def assert_within_rank_error(est: np.ndarray, data: np.ndarray, q: float, err: int) -> None:
+    """``est`` (per column) lies between the exact order statistics ``err`` ranks around q."""
+    ordered = np.sort(data, axis=0)
+    pos = q * (len(data) - 1)
+    lo = ordered[max(int(np.floor(pos)) - err, 0)]
+    hi = ordered[min(int(np.ceil(pos)) + err, len(data) - 1)]
+    assert np.all(lo <= est) and np.all(est <= hi), (q, err, est, lo, hi)
+
+
+@pytest.mark.parametrize("sketch_size", [64, 512, 8192])
+def test_quantiles_against_numpy_within_the_reported_rank_error(sketch_size: int) -> None:
+    rng = np.random.default_rng(sketch_size)
+    # heavy tails and very different scales per column; batches of an odd size
+    data = rng.standard_t(3, size=(60_000, 4)) * [1.0, 10.0, 1e-3, 1e5]
+    acc = StatsAccumulator({"x": "quantile"}, sketch_size=sketch_size)
+    for i in range(0, len(data), 337):
+        acc.update({"x": data[i : i + 337]})
+    stats = acc.finalize().stats["x"]
+    err = acc.rank_error("x")
+    # the documented bound: at most (levels) * count / sketch_size ranks
+    levels = np.log2(len(data) / sketch_size) + 1
+    assert 0 < err <= levels * len(data) / sketch_size
+    assert err / len(data) < {64: 0.2, 512: 0.02, 8192: 0.001}[sketch_size]
+    for name, q in [("q01", 0.01), ("q99", 0.99)]:
+        assert_within_rank_error(stats[name], data, q, err)
+
+
+def test_one_outlier_cannot_move_the_quantiles() -> None:
+    """The issue's case: one finite 3e38 in one frame of 4800 float32 frames."""
+    rng = np.random.default_rng(10)
+    data = rng.normal(size=(4800, 3)).astype(np.float32)
+    data[1234, 1] = 3e38
+    wide = data.astype(np.float64)
+    for sketch_size in (8192, 256):  # exact, and a sketch that compacts many times
+        acc = StatsAccumulator({"x": "quantile"}, sketch_size=sketch_size)
+        for i in range(0, 4800, 100):
+            acc.update({"x": data[i : i + 100]}, where=f"episode {i // 100}")
+        s = acc.finalize().stats["x"]
+        err = acc.rank_error("x")
+        assert (err == 0) == (sketch_size == 8192)
+        for name, q in [("q01", 0.01), ("q99", 0.99)]:
+            assert np.all(wide.min(0) <= s[name]) and np.all(s[name] <= wide.max(0))
+            assert_within_rank_error(s[name], wide, q, err)
+            if err == 0:
+                np.testing.assert_allclose(s[name], np.quantile(wide, q, axis=0), rtol=1e-12)
+        assert err <= 0.02 * len(data)  # rank within 2% of the frames: q01 and q99 stay apart
+        assert np.all(s["q01"] < -1.5) and np.all(s["q99"] > 1.5)
+        # moments in float64: finite and equal to numpy's float64 ones
+        np.testing.assert_allclose(s["mean"], wide.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(s["std"], wide.std(0), rtol=1e-12)
+        assert s["max"][1] == np.float32(3e38) and np.isfinite(s["std"]).all()
+    # quantile mode normalizes the bulk of dim 1 as it does the clean dims
+    norm = acc.finalize()
+    out = norm.normalize("x", data[:100])
+    assert 0.3 < np.std(out[:, 1]) < 0.7  # scale (q99 - q01) / 2 ~ 2.3 for N(0, 1)
+
+
+def test_outlier_that_flattens_a_mean_std_input_is_a_warning_naming_it() -> None:
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(4800, 3)).astype(np.float32)
+    data[1234, 1] = 3e38
+    acc = StatsAccumulator({"x": "mean_std", "a": "min_max"})
+    for i in range(0, 4800, 100):
+        acc.update({"x": data[i : i + 100], "a": data[i : i + 100, 0]}, where=f"ep {i // 100}")
+    with pytest.warns(RuntimeWarning) as caught:
+        acc.finalize()
+    assert len(caught) == 1  # only dim 1 of x; dims 0, 2 and "a" are healthy
+    msg = str(caught[0].message)
+    assert "key 'x' dim 1" in msg and "3e+38 at ep 12, frame 34" in msg and "'quantile'" in msg
+    # a constant feature with one outlier loses nothing: no warning
+    flat = np.zeros((200, 1))
+    flat[7] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_stats([{"c": flat}], {"c": "mean_std"})
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf"), (1e39, "1e+39"), (-3.5e38, "-3.5e+38")],
+)
+def test_values_a_float32_cannot_hold_are_refused_with_frame_and_dim(
+    value: float, found: str
+) -> None:
+    acc = StatsAccumulator({"x": "mean_std"})
+    acc.update({"x": np.zeros((5, 2, 3))})
+    bad = np.zeros((4, 2, 3))
+    bad[2, 1, 0] = value
+    with pytest.raises(
+        NormalizerError,
+        match=rf"^batch 1, frame 2: key 'x' dim \[1, 0\]: expected a finite value within "
+        rf"float32 range \(\|x\| <= 3.4028235e\+38\), found {re.escape(found)}$",
+    ):
+        acc.update({"x": bad})
+    with pytest.raises(NormalizerError, match=r"^batch 0, frame 0: key 'v' dim 1: .*found"):
+        compute_stats([{"v": np.array([[0.0, value]])}], {"v": "min_max"})
+    with pytest.raises(NormalizerError, match=r"^ep 3, frame 1: key 's': .*found"):
+        StatsAccumulator({"s": "quantile"}).update({"s": np.array([0.0, value])}, where="ep 3")
+    # the largest float32 itself is data
+    edge = np.array([[np.finfo(np.float32).max], [-np.finfo(np.float32).max]])
+    s = compute_stats([{"e": edge}], {"e": "min_max"}).stats["e"]
+    assert s["max"][0] == np.finfo(np.float32).max and np.isfinite(s["std"]).all()
 
 
 def test_streaming_constant_feature_and_errors() -> None:
@@ -203,8 +308,30 @@ def test_streaming_constant_feature_and_errors() -> None:
     norm = acc.finalize()
     np.testing.assert_array_equal(norm.stats["c"]["q01"], [3.0, 3.0])
     np.testing.assert_array_equal(norm.stats["c"]["std"], [0.0, 0.0])
-    with pytest.raises(NormalizerError, match="NaN"):
+    with pytest.raises(NormalizerError, match=r"frame 0: key 'n': expected a finite .*found nan"):
         acc.update({"n": np.array([np.nan])})
+
+
+def test_stats_beyond_float32_are_refused() -> None:
+    with pytest.raises(NormalizerError, match=r"key 'a' stat 'std': .*float32 range.*found 1e\+39"):
+        Normalizer({"a": "mean_std"}, {"a": {"mean": [0.0], "std": [1e39]}})
+    with pytest.raises(NormalizerError, match=r"key 'a' stat 'min': .*found nan"):
+        Normalizer({"a": "min_max"}, {"a": {"min": [np.nan], "max": [1.0]}})
+    # a feature constant at 1e31: the folded float32 offset mean / (std + eps) would be inf
+    with pytest.raises(
+        NormalizerError,
+        match=r"key 'a' \(mode 'mean_std'\): expected normalization constants within float32 "
+        r"range .* found center / scale = 1e\+39 \(center 1e\+31, scale 1e-08 with eps 1e-08\)",
+    ):
+        Normalizer({"a": "mean_std"}, {"a": {"mean": [0.0, 1e31], "std": [1.0, 0.0]}})
+    with pytest.raises(NormalizerError, match=r"found 1 / scale = inf .*: use eps > 0"):
+        Normalizer({"a": "min_max"}, {"a": {"min": [2.0], "max": [2.0]}}, eps=0.0)
+    with pytest.raises(NormalizerError, match=r"eps: expected a finite number >= 0, found nan"):
+        Normalizer({}, {}, eps=float("nan"))
+    # the widest float32 range is fine: scale (max - min) / 2 is within float32
+    wide = Normalizer({"a": "min_max"}, {"a": {"min": [-3e38], "max": [3e38]}})
+    assert wide.normalize("a", torch.tensor([3e38])).item() == pytest.approx(1.0)
+    assert Normalizer({"a": "min_max"}, {"a": {"min": [2.0], "max": [2.0]}}, eps=0.5).keys == ["a"]
 
 
 def test_save_load_bit_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]

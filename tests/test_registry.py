@@ -144,3 +144,20 @@ def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     finally:
         POLICY_REGISTRY._items.pop("tinyplug", None)
         sys.modules.pop("envactor_tinyplug", None)
+
+
+@pytest.mark.parametrize("name", ["__init__", "_hidden", "os.path", "../evil", "a b", ""])
+def test_private_dotted_or_path_names_import_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A config's ``type:`` cannot import a package's internals (or anything else) by name."""
+    _write(tmp_path / "quietpkg" / "__init__.py", "")
+    _write(tmp_path / "quietpkg" / "_hidden.py", "raise RuntimeError('imported _hidden')\n")
+    _write(tmp_path / "quietpkg" / "public.py", "")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry[type] = Registry("widget", lazy_module_prefix="quietpkg", list_lazy_modules=True)
+    before = set(sys.modules)
+    with pytest.raises(RegistryError, match="unknown widget"):
+        reg.get(name)
+    assert {m for m in set(sys.modules) - before if m.startswith("quietpkg.")} == set()
+    assert reg.names() == ["public"]  # private modules are not advertised as names either

@@ -16,6 +16,7 @@ pytest.importorskip("pyarrow")
 
 from safetensors.torch import load_file
 
+from envactor.cli import error_line
 from envactor.data import DatasetError, DatasetWriter, EpisodeDataset, dataset_stats
 from envactor.policy import build_policy
 from envactor.train import (
@@ -144,11 +145,23 @@ def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path) -> None:
 
 
 def test_refusals(data: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainError, match=r"resume=True but .* holds no step_"):
+    """Python callers read the keyword (``resume=True``, ``out_dir``); the CLI prints the same
+    error with its flags (``--resume``, ``--out``)."""
+    none = tmp_path / "none" / "checkpoints"
+    with pytest.raises(TrainError) as info:
         train("mlp_chunk", data, out_dir=tmp_path / "none", resume=True, **FAST)
+    assert str(info.value) == (f"resume=True but {none} holds no step_* checkpoint to resume from")
+    assert error_line(info.value).startswith(f"--resume but {none} holds no step_* checkpoint")
     train("mlp_chunk", data, out_dir=tmp_path / "r", steps=2, save_every=2, **FAST)
-    with pytest.raises(TrainError, match=r"already holds checkpoints \(step_000002"):
+    with pytest.raises(TrainError) as info:
         train("mlp_chunk", data, out_dir=tmp_path / "r", steps=2, **FAST)
+    assert str(info.value) == (
+        f"{tmp_path / 'r' / 'checkpoints'} already holds checkpoints (step_000002, ...); pass "
+        "resume=True to continue that run, or choose another out_dir"
+    )
+    assert error_line(info.value).endswith(
+        "pass --resume to continue that run, or choose another --out"
+    )
     with pytest.warns(
         RuntimeWarning, match=r"changed settings \(steps: 2 -> 3; lr: 0.003 -> 0.001"
     ):

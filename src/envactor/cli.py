@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from envactor.argtypes import DefaultsHelpFormatter, env_opt, fill_missing_help
+from envactor.runtime.cli_args import number
+
+positive_int = number(int, ge=1)
+non_negative_int = number(int, ge=0)
+non_negative_float = number(float, ge=0)
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -60,7 +70,7 @@ def run_info(args: argparse.Namespace) -> int:
     cfg = ckpt.config
     params = cfg.get("policy", {}).get("params", {})
     info: dict[str, Any] = {
-        "path": str(Path(args.ckpt).resolve()),
+        "path": str(ckpt.path.resolve()),  # the folder loaded (checkpoints/last followed)
         "policy": cfg.get("policy", {}).get("type"),
         "components": {
             name: {
@@ -70,6 +80,7 @@ def run_info(args: argparse.Namespace) -> int:
             for name, sd in ckpt.component_state.items()
         },
         "input_features": params.get("input_features", {}),
+        "params": {k: v for k, v in params.items() if k != "input_features"},
         "action": {"horizon": params.get("horizon"), "action_dim": params.get("action_dim")},
         "stats_keys": sorted(ckpt.normalizer.modes) if ckpt.normalizer else [],
         "meta": {k: v for k, v in ckpt.meta.items() if k != "sha256"},
@@ -90,6 +101,9 @@ def run_info(args: argparse.Namespace) -> int:
         print(
             f"feature     {key:<28} shape={spec.get('shape')} dtype={spec.get('dtype', 'float32')}"
         )
+    for key, value in info["params"].items():
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        print(f"param       {key:<28} {shown}")
     print(f"stats       {', '.join(info['stats_keys']) or '(none)'}")
     m = info["meta"]
     print(
@@ -106,33 +120,86 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- eval
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr: on unless ``--no-progress`` or stderr is not a terminal."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def env_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
+    """``gymnasium.make`` keywords: ``--env-opt``, ``--action-noise``, ``--max-episode-steps``."""
+    kwargs: dict[str, Any] = dict(args.env_opt)
+    flags = {"action_noise_std": "--action-noise", "max_episode_steps": "--max-episode-steps"}
+    for key, flag in flags.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if key in kwargs:
+            raise ValueError(f"--env-opt {key}={kwargs[key]} and {flag} {value} both set {key}")
+        kwargs[key] = value
+    return kwargs
+
+
+def _checkpoint_shown(policy: str) -> str:
+    """``policy`` as a result names it: a checkpoint as the folder that was loaded (a run's
+    ``checkpoints/last`` or a step directory as its ``policy/`` checkpoint), else as given."""
+    from envactor.checkpoint import refers_to_checkpoint, resolve_checkpoint_dir
+
+    if not refers_to_checkpoint(policy):
+        return policy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # loading already warned about a recovered save
+        try:
+            return str(resolve_checkpoint_dir(policy).resolve())
+        except (OSError, ValueError, RuntimeError):
+            return policy
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a policy on a task with one executor and delay; print or emit JSON."""
+    """Evaluate a policy on a task with one executor and delay; print the settings, the policy
+    (a checkpoint as the folder loaded) and the result."""
+    from envactor.envs import check_env_id
     from envactor.runtime.evaluate import evaluate
 
-    env_kwargs: dict[str, Any] = {}
-    if args.max_episode_steps:
-        env_kwargs["max_episode_steps"] = args.max_episode_steps
+    check_env_id(args.env)
     result = evaluate(
         args.policy, args.env, num_envs=args.num_envs, num_episodes=args.episodes,
         executor=args.executor, delay=args.delay, seed=args.seed,
         n_action_steps=args.n_action_steps, vectorization=args.vectorization,
-        env_kwargs=env_kwargs, device=args.device, overrides=args.override,
-        progress=not (args.no_progress or args.json),
+        env_kwargs=env_kwargs_from(args), device=args.device, overrides=args.override,
+        progress=_progress(args),
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from envactor.console import new_table, print_table
 
-    table = Table(title=f"{args.env}: {args.policy}")
-    row = result.summary()
-    for col in row:
-        table.add_column(col)
-    table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()])
-    Console().print(table)
+    print(result.settings_line())
+    print(f"policy: {_checkpoint_shown(args.policy)}")
+    table = new_table(f"{args.env}: {args.policy}", {"metric": "left", "value": "right"})
+    for key, value in result.summary().items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    print_table(table)
     return 0
+
+
+def _add_env_args(p: argparse.ArgumentParser) -> None:
+    """``--action-noise`` and ``--env-opt``: how the env is made."""
+    p.add_argument(
+        "--action-noise",
+        type=non_negative_float,
+        default=None,
+        metavar="STD",
+        help="std of the Gaussian noise the embedded envactor/... tasks add to each action "
+        "(their action_noise_std; envactor demo uses 0.1); default: the task's, 0",
+    )
+    p.add_argument(
+        "--env-opt",
+        type=env_opt,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword for gymnasium.make, VALUE read as a YAML scalar; repeatable (default: none)",
+    )
 
 
 @command("eval", "evaluate a policy across parallel envs")
@@ -141,18 +208,35 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("policy", help="checkpoint dir, policy YAML or registered policy name")
     p.add_argument("--env", required=True, help="gymnasium id, e.g. envactor/PendulumSwingUp-v0")
-    p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--episodes", type=int, default=32)
-    p.add_argument("--executor", default="sync", choices=EXECUTORS.names())
-    p.add_argument("--delay", type=int, default=0, help="simulated inference delay d (steps)")
-    p.add_argument("--n-action-steps", type=int, default=None, help="s (default: the policy's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-envs", type=positive_int, default=8, help="parallel envs")
+    p.add_argument("--episodes", type=positive_int, default=32, help="episodes to run")
+    p.add_argument("--executor", default="sync", choices=EXECUTORS.names(), help="chunk executor")
+    p.add_argument(
+        "--delay", type=non_negative_int, default=0, help="simulated inference delay d (steps)"
+    )
+    p.add_argument(
+        "--n-action-steps",
+        type=positive_int,
+        default=None,
+        help="s, actions executed per chunk (default: the policy's n_action_steps)",
+    )
+    _add_env_args(p)
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="episode j uses env seed SEED + j"
+    )
     p.add_argument("--vectorization", choices=["sync", "async"], default="sync")
-    p.add_argument("--max-episode-steps", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-episode-steps",
+        type=positive_int,
+        default=None,
+        help="episode length cap (default: the env's)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--override", "-o", action="append", default=[], help="dotted key=value")
-    p.add_argument("--json", action="store_true", help="print per-episode metrics as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help="print settings, summary and episodes as JSON"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 # ---------------------------------------------------------------------------- collect / train
@@ -162,7 +246,8 @@ def run_collect(args: argparse.Namespace) -> int:
 
     res = collect(
         args.task, episodes=args.episodes, out=args.out, num_envs=args.num_envs, seed=args.seed,
-        policy=args.policy, overwrite=args.overwrite, progress=not args.no_progress,
+        policy=args.policy, overwrite=args.overwrite, progress=_progress(args),
+        env_kwargs=env_kwargs_from(args),
     )  # fmt: skip
     rate = "n/a" if res.success_rate is None else f"{res.success_rate:.2f}"
     print(f"wrote {res.episodes} episodes ({res.frames} frames) to {res.root}; success {rate}")
@@ -172,13 +257,18 @@ def run_collect(args: argparse.Namespace) -> int:
 @command("collect", "collect demonstrations with a task's expert")
 def _collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", help="embedded task id, e.g. envactor/PendulumSwingUp-v0")
-    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--episodes", type=positive_int, required=True, help="episodes to record")
     p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", default=None, help="collect with this policy instead of the expert")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--num-envs", type=positive_int, default=8, help="parallel envs")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="episode j uses env seed SEED + j"
+    )
+    p.add_argument(
+        "--policy", default=None, help="collect with this policy (default: the task's expert)"
+    )
+    _add_env_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out dataset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -208,18 +298,29 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = {"out": Path(args.out), "seed": args.seed}
     settings = DemoSettings.quick(**kw) if args.quick else DemoSettings(**kw)
-    _run(settings, progress=not args.no_progress)
-    print(f"results in {settings.out}/ (results.csv, results.json, success_vs_delay.png, policy/)")
+    _run(settings, progress=_progress(args))
+    print(
+        f"results in {settings.out}/ (results.csv, results.json, success_vs_delay.png, "
+        "eval_commands.txt, policy/)"
+    )
     return 0
 
 
 @command("demo", "the main job: collect, train and evaluate chunk executors under delay")
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a smoke-test sized run (< 2 minutes)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder; a previous demo's outputs there are replaced once this run is done",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test (< 2 minutes): checks the pipeline runs; its numbers are not results",
+    )
+    p.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every phase")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
 # ---------------------------------------------------------------------------- online (Ray)
@@ -267,28 +368,91 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- entry point
+DEBUG_ENV = "ENVACTOR_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``envactor`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="envactor", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="envactor", description=__doc__)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, add_args, help_text) in _COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter
+        )
+        add_args(p)
+        fill_missing_help(p)
     return parser
 
 
+# Python keywords in library messages -> the flags that set them on the command line.
+_KEYWORD_FLAGS = re.compile(r"\b(resume|overwrite|keep_normalizer)=True(?: \(--[\w-]+\))?")
+_OUT_KEYWORD = re.compile(r"\banother (?:out_dir|out)\b")
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as one line that names CLI flags rather than Python keywords."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # str(KeyError) would quote the message
+    else:
+        text = str(exc)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    text = text or type(exc).__name__
+    if isinstance(exc, ModuleNotFoundError):
+        text += " (an optional dependency: pip install 'envactor[all]')"
+    text = _KEYWORD_FLAGS.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return _OUT_KEYWORD.sub("another --out", text)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean a bad input or environment, not a bug: envactor's own errors
+    (ConfigError, RegistryError, CheckpointError, DatasetError, TrainError, ... all derive from
+    these), OS errors (missing files, busy ports), missing optional modules, gymnasium's."""
+    kinds: list[type[BaseException]] = [ValueError, KeyError, OSError, RuntimeError, ImportError]
+    gym_error = sys.modules.get("gymnasium.error")
+    if gym_error is not None:
+        kinds.append(gym_error.Error)
+    return tuple(kinds)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at devnull so the exit flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``envactor`` command line; errors print one clear line and exit 2."""
+    """Run the ``envactor`` command line: an expected error prints one line and returns 2
+    (``--debug`` or ``ENVACTOR_DEBUG=1`` re-raises it); a closed stdout pipe exits quietly."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     handler = _COMMANDS[args.command][0]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        if getattr(args, "debug", False):
+    except BrokenPipeError:  # e.g. `envactor eval ... --json | head`
+        _quiet_stdout()
+        return 1
+    except _user_errors() as exc:
+        if debug:
             raise
-        print(f"envactor {args.command}: error: {exc}", file=sys.stderr)
+        print(f"envactor {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

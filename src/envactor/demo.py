@@ -5,7 +5,11 @@
 2. train a ``flow`` chunk policy on them (learn mode), with training-time RTC on
    (``train_max_delay``: the first d actions given clean, d drawn per example);
 3. evaluate it across parallel envs for every executor at delays d = 0..4 and write
-   ``runs/demo/{results.csv, results.json, success_vs_delay.png, policy/}``.
+   ``runs/demo/{results.csv, results.json, success_vs_delay.png, eval_commands.txt, policy/}``
+   (``eval_commands.txt``: the ``envactor eval`` command that reproduces each cell).
+
+The run is built in ``runs/.demo-staging-<pid>`` and replaces ``runs/demo`` as one unit only
+once every phase succeeded, so a re-run works and a failed one leaves the previous outputs.
 
 The expected shape (the RTC paper's in miniature): at d = 0 the policy is close to the expert;
 as d grows, naive switching and temporal ensembling lose success while RTC keeps it. ``rtc`` is
@@ -17,6 +21,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -52,12 +59,14 @@ class DemoSettings:
     demo_perturb_std: float = 0.5  # recorded expert torque perturbation (N m) in the demos
     train_max_delay: int = 4  # training-time RTC: d in {0..4} per example (0: off)
     overrides: list[str] = field(default_factory=list)
+    smoke_test: bool = False  # the table and results.json say the numbers are not results
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoSettings:
-        """A few minutes' job shrunk to well under two: tiny data, short training, few episodes."""
+        """A few minutes' job shrunk to well under two: tiny data, short training, few episodes
+        (a smoke test: its numbers are not results)."""
         base = dict(demo_episodes=24, train_steps=150, batch_size=128, eval_episodes=8,
-                    num_envs=8, delays=(0, 2, 4))  # fmt: skip
+                    num_envs=8, delays=(0, 2, 4), smoke_test=True)  # fmt: skip
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -69,16 +78,120 @@ def _phase(name: str) -> float:
     return time.perf_counter()
 
 
+# ---------------------------------------------------------------------------- output folder
+DEMO_ENTRIES = frozenset(
+    {"results.csv", "results.json", "success_vs_delay.png", "eval_commands.txt", "policy",
+     "dataset", "train"}
+)  # fmt: skip
+"""What a demo writes in its output folder (anything else there: the folder is not a demo's)."""
+_SIBLING = re.compile(r"^\.(?P<name>.+)-(?P<kind>staging|old)-(?P<pid>\d+)$")
+
+
+def _sibling(out: Path, kind: str, pid: int) -> Path:
+    """``.<name>-staging-<pid>`` (a run in progress) or ``.<name>-old-<pid>`` (a swap's aside)."""
+    return out.parent / f".{out.name}-{kind}-{pid}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists under another user
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, or a link or file in its place."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` is absent, or a folder holding nothing but a previous demo's outputs (so
+    replacing it as a whole loses nothing else)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another out folder")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
+    if extra:
+        raise FileExistsError(
+            f"{out} holds files a demo does not write ({', '.join(extra[:5])}); the demo replaces "
+            "its output folder as a whole, so choose another out folder or move them"
+        )
+
+
+def clean_stale(out: Path) -> None:
+    """Remove the staging folders of demo runs into ``out`` whose process is gone; put back an
+    aside ``out`` left by a swap that died between its two renames."""
+    if not out.parent.is_dir():
+        return
+    found = []
+    for path in out.parent.iterdir():
+        m = _SIBLING.match(path.name)
+        if m and m["name"] == out.name:
+            pid = int(m["pid"])
+            if pid == os.getpid() or not _pid_alive(pid):
+                found.append((m["kind"] != "old", path))
+    for is_staging, path in sorted(found):  # asides first
+        if not is_staging and not out.exists():
+            path.rename(out)
+        else:
+            _remove(path)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` as one unit: old moved aside, new moved in, old removed."""
+    check_out_dir(out)
+    aside = _sibling(out, "old", os.getpid())
+    if out.exists():
+        out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if aside.exists() and not out.exists():
+            aside.rename(out)
+        raise
+    _remove(aside)
+
+
 def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the three phases; return one result row per (executor, delay)."""
+    """Run the three phases; return one result row per (executor, delay).
+
+    The run is built in a staging folder beside ``settings.out`` and swapped in only once every
+    phase succeeded, replacing a previous demo's outputs as one unit; a failed or interrupted run
+    leaves them untouched (and its staging folder removed).
+    """
+    out = Path(os.path.abspath(settings.out))  # "runs/demo/" or "." name a folder to swap
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    staging = _sibling(out, "staging", os.getpid())
+    staging.mkdir()
+    try:
+        rows, meta = _run_phases(settings, staging, progress=progress)
+        _swap_in(staging, out)
+    except BaseException:
+        _remove(staging)
+        raise
+    print_table(rows, meta)
+    return rows
+
+
+def _run_phases(
+    settings: DemoSettings, work: Path, *, progress: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Collect, train and evaluate into ``work``; paths recorded are those under settings.out."""
     from envactor.envs import task_spec
     from envactor.policy.build import build_policy, save_policy
     from envactor.runtime.collect import collect
     from envactor.runtime.evaluate import evaluate
     from envactor.train import train
 
-    out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
     task = settings.task
     spec = task_spec(task)
     env_kwargs = {"action_noise_std": settings.action_noise_std}
@@ -89,9 +202,8 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         spec["expert_config"], overrides=[f"policy.params.perturb_std={settings.demo_perturb_std}"]
     )
     data = collect(
-        task, episodes=settings.demo_episodes, out=out / "dataset", num_envs=settings.num_envs,
-        seed=settings.seed, overwrite=True, progress=progress, env_kwargs=env_kwargs,
-        policy=expert_policy,
+        task, episodes=settings.demo_episodes, out=work / "dataset", num_envs=settings.num_envs,
+        seed=settings.seed, progress=progress, env_kwargs=env_kwargs, policy=expert_policy,
     )  # fmt: skip
     timings["collect_s"] = time.perf_counter() - t0
 
@@ -103,24 +215,22 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         *_prefix_overrides(settings.train_max_delay),
         *settings.overrides,
     ]
-    result = train("flow", out / "dataset", out_dir=out / "train", steps=settings.train_steps,
+    result = train("flow", work / "dataset", out_dir=work / "train", steps=settings.train_steps,
                    batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                    save_every=settings.train_steps, overrides=overrides, progress=progress,
                    warmup_steps=min(100, settings.train_steps // 10))  # fmt: skip
     timings["train_s"] = time.perf_counter() - t0
-    policy_dir = out / "policy"
-    if policy_dir.exists():
-        shutil.rmtree(policy_dir)
-    save_policy(result.policy, policy_dir, step=result.step)
-    policy = build_policy(policy_dir)
+    save_policy(result.policy, work / "policy", step=result.step)
+    policy = build_policy(work / "policy")
 
     executors = [e for e in settings.executors if e != "rtc_trained" or settings.train_max_delay]
     n_exec, delays = len(executors), list(settings.delays)
     t0 = _phase(f"3/3 evaluate {n_exec} executors x delays {delays}")
     expert = evaluate(spec["expert_config"], task, num_envs=settings.num_envs,
-                      num_episodes=settings.eval_episodes, seed=10_000 + settings.seed,
+                      num_episodes=settings.eval_episodes, seed=eval_seed(settings),
                       env_kwargs=env_kwargs)  # fmt: skip
     rows: list[dict[str, Any]] = []
+    commands: list[str] = []
     grid = [(e, d) for e in executors for d in settings.delays]
     bar = None
     if progress:
@@ -130,11 +240,12 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
     for executor, delay in grid:
         res = evaluate(
             policy, task, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
-            executor=executor, delay=delay, seed=10_000 + settings.seed, env_kwargs=env_kwargs,
+            executor=executor, delay=delay, seed=eval_seed(settings), env_kwargs=env_kwargs,
             n_action_steps=execution_horizon(executor, delay, settings.n_action_steps),
         )  # fmt: skip
         summary = res.summary()
         rows.append({k: summary[k] for k in COLUMNS})
+        commands.append(eval_command(settings, executor, delay))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(executor=executor, d=delay, success=summary["success_rate"])
@@ -142,8 +253,11 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         bar.close()
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    meta = {
-        "task": task,
+    meta: dict[str, Any] = {"task": task}
+    if settings.smoke_test:
+        meta["smoke_test"] = True
+        meta["note"] = SMOKE_NOTE
+    meta.update({
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "dataset": {
             "episodes": data.episodes,
@@ -153,14 +267,38 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> list[dict[str,
         "expert": expert.summary(),
         "train": {
             "steps": result.step,
-            "final_loss": result.losses[-1] if result.losses else None,
+            "final_loss": result.final_loss,
             "samples_per_s": result.samples_per_s,
         },
         "timings_s": timings,
-    }
-    write_results(out, rows, meta)
-    print_table(rows, meta)
-    return rows
+        "eval_commands": commands,
+    })  # fmt: skip
+    write_results(work, rows, meta)
+    return rows, meta
+
+
+SMOKE_NOTE = (
+    "SMOKE TEST (envactor demo --quick): tiny data, short training and few episodes per cell; "
+    "these numbers show the pipeline runs, they are not results (run envactor demo for those)"
+)
+
+
+def eval_seed(settings: DemoSettings) -> int:
+    """The seed of every evaluation run of the demo (episode j: env seed eval_seed + j)."""
+    return 10_000 + settings.seed
+
+
+def eval_command(settings: DemoSettings, executor: str, delay: int) -> str:
+    """The ``envactor eval`` command that reproduces the table cell (executor, delay)."""
+    argv = [
+        "envactor", "eval", str(settings.out / "policy"), "--env", settings.task,
+        "--executor", executor, "--delay", str(delay),
+        "--n-action-steps", str(execution_horizon(executor, delay, settings.n_action_steps)),
+        "--action-noise", repr(float(settings.action_noise_std)),
+        "--episodes", str(settings.eval_episodes), "--num-envs", str(settings.num_envs),
+        "--seed", str(eval_seed(settings)),
+    ]  # fmt: skip
+    return shlex.join(argv)
 
 
 def _prefix_overrides(max_delay: int) -> list[str]:
@@ -181,12 +319,21 @@ def execution_horizon(executor: str, delay: int, sync_s: int) -> int:
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """results.csv, results.json and success_vs_delay.png under ``out``."""
+    """results.csv, results.json, eval_commands.txt and success_vs_delay.png under ``out``."""
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.json").write_text(json.dumps({"rows": rows, **meta}, indent=2))
+    if meta.get("eval_commands"):
+        header = [
+            "# One `envactor eval` command per cell of results.csv (same order), reproducing it",
+            "# exactly: the demo's s (--n-action-steps), env noise (--action-noise), episodes",
+            "# and seed, which differ from eval's defaults.",
+        ]
+        if meta.get("smoke_test"):
+            header.append("# " + SMOKE_NOTE)
+        (out / "eval_commands.txt").write_text("\n".join(header + meta["eval_commands"]) + "\n")
     plot_success(rows, out / "success_vs_delay.png", expert=meta["expert"]["success_rate"],
                  title=f"{meta['task']}: flow policy")  # fmt: skip
 
@@ -220,21 +367,44 @@ def plot_success(
 
 
 def print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """The results as a rich table, with the expert's success for reference."""
+    """The results as a table (never cut), the expert's success, and how to reproduce a cell."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"{meta['task']}: success / return / jerk by executor and delay")
-    for col in ("executor", "delay", "success_rate", "return_mean", "jerk_mean", "held_steps_mean"):
-        table.add_column(col, justify="right" if col != "executor" else "left")
+    from envactor.console import new_table
+    from envactor.console import print_table as print_whole
+
+    smoke = bool(meta.get("smoke_test"))
+    title = f"{meta['task']}: success / return / jerk by executor and delay"
+    table = new_table(
+        title + (" (SMOKE TEST, not results)" if smoke else ""),
+        {"executor": "left", "delay": "right", "success_rate": "right", "return_mean": "right",
+         "jerk_mean": "right", "held_steps_mean": "right"},
+    )  # fmt: skip
     for r in rows:
         table.add_row(r["executor"], str(r["delay"]), f"{r['success_rate']:.2f}",
                       f"{r['return_mean']:.1f}", f"{r['jerk_mean']:.4f}",
                       f"{r['held_steps_mean']:.1f}")  # fmt: skip
-    console = Console()
-    console.print(table)
+    print_whole(table)
+    console = Console(soft_wrap=True)  # long lines (commands) are never cut
     e = meta["expert"]
     console.print(
         f"expert (sync, d=0): success {e['success_rate']:.2f}, return {e['return_mean']:.1f}"
     )
+    commands = meta.get("eval_commands") or []
+    if commands:
+        pick = next(
+            (i for i, r in enumerate(rows) if r["executor"] == "rtc" and r["delay"] == 2), 0
+        )
+        out = meta["settings"]["out"]
+        cell = f"{rows[pick]['executor']} at d={rows[pick]['delay']}"
+        console.print(f"reproduce a cell with envactor eval, e.g. {cell}:", highlight=False)
+        console.print(f"  {commands[pick]}", markup=False, highlight=False)
+        console.print(
+            f"every cell's command: {out}/eval_commands.txt (eval's own defaults differ: "
+            "s = the policy's n_action_steps, no action noise)",
+            markup=False,
+            highlight=False,
+        )
     console.print(f"timings: {', '.join(f'{k} {v:.0f}s' for k, v in meta['timings_s'].items())}")
+    if smoke:
+        console.print(f"[bold yellow]{SMOKE_NOTE}[/]", highlight=False)

@@ -14,6 +14,7 @@ A key without a mode is an error, never a silent pass-through.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from envactor.values import FLOAT32_MAX
 
 __all__ = [
     "MODE_STATS",
@@ -56,8 +59,14 @@ def _as_float64(value: Any, where: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu", torch.float64).numpy()
     arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise NormalizerError(f"{where}: expected finite numbers, found NaN or inf")
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(arr) <= FLOAT32_MAX)  # NaN, inf, or beyond what float32 holds
+    if bad.any():
+        found = arr.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+        raise NormalizerError(
+            f"{where}: expected finite numbers within float32 range "
+            f"(|x| <= {FLOAT32_MAX:.8g}), found {float(found)!r}"
+        )
     return arr
 
 
@@ -78,6 +87,8 @@ class Normalizer:
         eps: float = 1e-8,
     ) -> None:
         self.eps = float(eps)
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise NormalizerError(f"eps: expected a finite number >= 0, found {eps!r}")
         self._modes: dict[str, NormMode] = {}
         self._stats: dict[str, dict[str, np.ndarray]] = {}
         for key in stats:
@@ -96,6 +107,9 @@ class Normalizer:
         self._params: dict[str, tuple[np.ndarray, np.ndarray, float] | None] = {
             k: self._affine(k) for k in self._modes
         }
+        for key, params in self._params.items():
+            if params is not None:
+                self._check_float32(key, *params)
         self._torch_cache: dict[
             tuple[str, torch.device, torch.dtype, bool], tuple[torch.Tensor, torch.Tensor]
         ]
@@ -123,6 +137,30 @@ class Normalizer:
         if "std" in out and np.any(out["std"] < 0):
             raise NormalizerError(f"key {key!r}: expected std >= 0 everywhere")
         return out
+
+    def _check_float32(self, key: str, center: np.ndarray, scale: np.ndarray, bias: float) -> None:
+        """Refuse stats whose folded float32 constants (see ``_cached``) would overflow."""
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            folded = {
+                "1 / scale": 1.0 / scale,
+                "center / scale": center / scale,
+                "scale": scale,
+                "center - bias * scale": center - bias * scale,
+            }
+        for name, value in folded.items():
+            bad = ~(np.abs(value) <= FLOAT32_MAX)
+            if np.any(bad):
+                i = int(np.argmax(bad.reshape(-1)))
+                c, sc = np.broadcast_to(center, bad.shape), np.broadcast_to(scale, bad.shape)
+                zero = float(sc.reshape(-1)[i]) == 0.0
+                hint = "use eps > 0" if zero else "rescale it or use mode 'identity'"
+                raise NormalizerError(
+                    f"key {key!r} (mode {self._modes[key]!r}): expected normalization "
+                    f"constants within float32 range (|x| <= {FLOAT32_MAX:.8g}), found "
+                    f"{name} = {float(value.reshape(-1)[i]):.4g} (center "
+                    f"{float(c.reshape(-1)[i]):.4g}, scale {float(sc.reshape(-1)[i]):.4g} with eps "
+                    f"{self.eps:g}): {hint}"
+                )
 
     def _affine(self, key: str) -> tuple[np.ndarray, np.ndarray, float] | None:
         mode, s, eps = self._modes[key], self._stats[key], self.eps

@@ -1,7 +1,8 @@
 """Named registries: a decorator to register, lazy import by convention, entry-point plugins.
 
 A lookup of an unknown name tries, in order: the registry's conventional module
-(``<lazy_module_prefix>.<name>``), then third-party plugins published under the registry's
+(``<lazy_module_prefix>.<name>``, for a public identifier only: never ``_private`` or a dotted
+or path-like name), then third-party plugins published under the registry's
 entry-point group, and only then fails with the known names and the closest match.
 """
 
@@ -125,7 +126,9 @@ class Registry(Generic[T]):
         return len(self._items)
 
     def _try_lazy_import(self, name: str) -> None:
-        if not self.lazy_module_prefix or not name.isidentifier():
+        # Only public module names: ``__init__`` or ``_common`` would import a package's
+        # internals a second time under another name, never a registered entry.
+        if not self.lazy_module_prefix or not name.isidentifier() or name.startswith("_"):
             return
         module = f"{self.lazy_module_prefix}.{name}"
         try:
@@ -158,7 +161,8 @@ def _submodules(package: str) -> list[str]:
         pkg = importlib.import_module(package)
     except ImportError:
         return []
-    return [m.name for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))]
+    found = pkgutil.iter_modules(getattr(pkg, "__path__", []))
+    return [m.name for m in found if not m.name.startswith("_")]
 
 
 def _qualname(obj: object) -> str:

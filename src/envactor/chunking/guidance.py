@@ -1,6 +1,7 @@
-"""Flow sampling with real-time-chunking guidance (REFERENCE.md section 3; RTC paper, Eq. 2).
+"""Flow sampling with real-time-chunking guidance: Eq. 2 of the RTC paper (Black, Galliker,
+Levine 2025, arXiv 2506.07339); docs/chunking.md, "Real-time chunking by guidance".
 
-Notation (REFERENCE.md section 1): a chunk is ``(B, H, A)``; flow time ``tau`` runs from 0 (noise)
+Notation (docs/chunking.md): a chunk is ``(B, H, A)``; flow time ``tau`` runs from 0 (noise)
 to 1 (data). ``velocity_fn(x, tau)`` takes ``x`` of shape ``(B, H, A)`` and ``tau`` as a python
 ``float`` and returns the velocity ``v``, same shape. A model that wants a tensor time makes one
 itself (``torch.full((x.shape[0],), tau, device=x.device)``); passing a float keeps this module free

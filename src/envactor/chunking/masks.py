@@ -1,6 +1,7 @@
-"""Prefix weights ``W`` for real-time chunking (REFERENCE.md section 2; RTC paper, Eq. 5).
+"""Prefix weights ``W`` for real-time chunking: the soft mask of Eq. 5 of the RTC paper (Black,
+Galliker, Levine 2025, arXiv 2506.07339); docs/chunking.md, "The soft prefix mask".
 
-Notation (REFERENCE.md section 1): ``H`` actions per chunk, ``s`` execution horizon, ``d``
+Notation (docs/chunking.md): ``H`` actions per chunk, ``s`` execution horizon, ``d``
 inference delay in control steps. ``W_i`` says how strongly action ``i`` of the new chunk is tied
 to ``Y_i``, the unexecuted remainder of the previous chunk shifted to index 0:
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from envactor.config.composed import ComposedConfig, SourceMap, prune_sources
 from envactor.config.interpolate import resolve
-from envactor.config.loader import display_path, load_yaml
+from envactor.config.limits import ReadBudget
+from envactor.config.loader import (
+    TOP_LEVEL,
+    check_yaml_file,
+    display_path,
+    load_yaml,
+    resolve_path,
+)
 from envactor.config.overrides import Override, apply_overrides
 from envactor.config.paths import describe, plain_copy
 
@@ -48,9 +55,11 @@ def _cycle_text(chain: list[Path], root_dir: Path) -> str:
     return " -> ".join(names)
 
 
-def _compose_file(path: Path, chain: list[Path], root_dir: Path) -> ComposedConfig:
+def _compose_file(
+    path: Path, chain: list[Path], root_dir: Path, budget: ReadBudget, expected: str
+) -> ComposedConfig:
     """Load ``path`` with its ``defaults`` merged under it, recursively."""
-    cfg = load_yaml(path)
+    cfg = load_yaml(path, expected=expected, budget=budget)
     if DEFAULTS_KEY not in cfg.data:
         return cfg
     defaults = cfg.data.pop(DEFAULTS_KEY)
@@ -66,28 +75,41 @@ def _compose_file(path: Path, chain: list[Path], root_dir: Path) -> ComposedConf
         if not isinstance(entry, str) or not entry.strip():
             raise cfg.error(key, f"expected a YAML file path, found {describe(entry)}")
         target = path.parent / os.path.expanduser(entry)
-        resolved = target.resolve()
+        problem = check_yaml_file(target, entry)
+        if problem is not None:
+            raise cfg.error(key, f"defaults file: {problem}")
+        resolved = target.resolve()  # check_yaml_file made sure this works
         if resolved in chain:
             cycle = _cycle_text([*chain[chain.index(resolved) :], resolved], root_dir)
             raise cfg.error(key, f"defaults form a cycle: {cycle}")
-        if not target.is_file():
-            found = "a directory" if target.exists() else "no such file"
-            raise cfg.error(
-                key,
-                f"defaults file {entry!r} not found: expected {display_path(target)}, "
-                f"found {found}",
-            )
-        layer = _compose_file(target, [*chain, resolved], root_dir)
+        where = cfg.locate(key)
+        layer = _compose_file(
+            target,
+            [*chain, resolved],
+            root_dir,
+            budget,
+            f"{TOP_LEVEL} (a defaults file, named by {key}{f' at {where}' if where else ''})",
+        )
         merged = layer if merged is None else merge_configs(merged, layer)
     cfg.sources = prune_sources(cfg.sources, cfg.data)
     return cfg if merged is None else merge_configs(merged, cfg)
 
 
-def compose_raw(path: str | Path) -> ComposedConfig:
-    """``path`` with its defaults composed; no overrides, ``${...}`` left unresolved."""
+def compose_raw(
+    path: str | Path,
+    *,
+    expected: str = TOP_LEVEL,
+    budget: ReadBudget | None = None,
+) -> ComposedConfig:
+    """``path`` with its defaults composed; no overrides, ``${...}`` left unresolved.
+
+    ``expected`` says what ``path`` should hold (for errors); ``budget`` shares the size limits
+    of ``envactor.config.limits`` with other files of the same config (a fresh one by default).
+    """
     p = Path(path)
-    resolved = p.resolve()
-    return _compose_file(p, [resolved], resolved.parent)
+    resolved = resolve_path(p, file=display_path(p))
+    budget = budget if budget is not None else ReadBudget()
+    return _compose_file(p, [resolved], resolved.parent, budget, expected)
 
 
 def compose(

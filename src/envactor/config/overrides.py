@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from envactor.config.composed import ComposedConfig, SourceMap
 from envactor.config.errors import OVERRIDE, ConfigError, Location
+from envactor.config.limits import MAX_DEPTH
 from envactor.config.loader import parse_value
 from envactor.config.paths import (
     KeyPath,
@@ -56,6 +57,11 @@ def parse_override(text: str) -> Override:
         path = parse_path(key)
     except ValueError as e:
         raise ConfigError(f"override {text!r}: invalid key: {e}", file=OVERRIDE) from None
+    if len(path) > MAX_DEPTH:
+        raise ConfigError(
+            f"override key has {len(path)} parts; a config may nest at most {MAX_DEPTH} levels",
+            file=OVERRIDE,
+        )
     try:
         value = parse_value(raw, OVERRIDE)
     except ConfigError as e:

@@ -140,6 +140,26 @@ def describe(value: Any) -> str:
     return f"{article} {name} ({text})"
 
 
+def kind(value: Any) -> str:
+    """What sort of value this is, without quoting it: ``a mapping``, ``a string``, ``null``."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def did_you_mean(name: str, options: Iterable[Any]) -> str:
     """``" (did you mean 'policy'?)"`` or ``""``."""
     close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
@@ -152,7 +172,9 @@ def missing_key_hint(data: Any, path: KeyPath, found: int) -> str:
     seg = path[found]
     where = format_path(path[:found]) or "the top level"
     if isinstance(node, dict):
-        keys = ", ".join(str(k) for k in node) or "none"
+        names = [str(k) for k in node]
+        keys = ", ".join(names[:20]) + (f", ... ({len(names)} keys)" if len(names) > 20 else "")
+        keys = keys or "none"
         return f"no key {str(seg)!r} under {where} (keys: {keys}){did_you_mean(str(seg), node)}"
     if isinstance(node, list):
         return f"{where} is a list of {len(node)} items; {seg!r} is not an index in it"

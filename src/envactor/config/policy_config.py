@@ -21,9 +21,10 @@ from envactor.config.compose import compose_raw
 from envactor.config.composed import ComposedConfig
 from envactor.config.errors import OVERRIDE, ConfigError, Location
 from envactor.config.interpolate import resolve, resolve_at
-from envactor.config.loader import display_path
+from envactor.config.limits import ReadBudget
+from envactor.config.loader import check_yaml_file, display_path, resolve_path
 from envactor.config.overrides import Override, apply_overrides, parse_override
-from envactor.config.paths import KeyPath, describe, plain_copy
+from envactor.config.paths import KeyPath, describe, format_path, plain_copy
 from envactor.config.schema import PolicyFile
 from envactor.config.validate import validate, validation_error
 
@@ -132,7 +133,7 @@ def _component_paths(cfg: ComposedConfig) -> dict[str, str]:
 
 
 def _graft_components(
-    cfg: ComposedConfig, paths: dict[str, str], root_dir: Path
+    cfg: ComposedConfig, paths: dict[str, str], root_dir: Path, budget: ReadBudget
 ) -> tuple[ComposedConfig, dict[str, Path | None]]:
     """Load each component file and inline it under ``model.components.<name>``."""
     inline = _mapping_at(cfg, _COMPONENTS, "name -> component config")
@@ -155,20 +156,25 @@ def _graft_components(
         comps["components"] = {}
     for name, rel in paths.items():
         key = (*_PATHS, name)
-        target = _base_of(cfg.locate(key), root_dir) / os.path.expanduser(rel)
-        if not target.is_file():
-            found = "a directory" if target.exists() else "no such file"
-            raise cfg.error(
-                key,
-                f"component file {rel!r} not found: expected {display_path(target)}, found {found}",
-            )
-        comp = compose_raw(target)
+        where = cfg.locate(key)
+        target = _base_of(where, root_dir) / os.path.expanduser(rel)
+        problem = check_yaml_file(target, rel)
+        if problem is not None:
+            raise cfg.error(key, f"component file: {problem}")
+        comp = compose_raw(
+            target,
+            expected=(
+                f"a mapping with 'type:' and the block's parameters (the config of component "
+                f"{name!r}, named by {format_path(key)}{f' at {where}' if where else ''})"
+            ),
+            budget=budget,
+        )
         comps["components"][name] = comp.data
         prefix = f"model.components.{name}"
         for k, loc in comp.sources.items():
             smap[f"{prefix}.{k}" if k else prefix] = loc
         files.extend(f for f in comp.files if f not in files)
-        sources[name] = target.resolve()
+        sources[name] = resolve_path(target, file=display_path(target))
     return replace(cfg, data=data, sources=smap, files=tuple(files)), sources
 
 
@@ -180,12 +186,14 @@ def load_policy_config(path: str | Path, overrides: Sequence[str] = ()) -> Polic
     interpolation (``${x}`` inside a component looks in that component first); validation.
     """
     p = Path(path)
-    root_dir = p.resolve().parent
+    real = resolve_path(p, file=display_path(p))
+    root_dir = real.parent
     parsed: list[Override] = [parse_override(o) for o in overrides]
     on_components = [o for o in parsed if o.path[:2] == _COMPONENTS]
-    cfg = compose_raw(p)
+    budget = ReadBudget()
+    cfg = compose_raw(p, budget=budget)
     cfg = apply_overrides(cfg, [o for o in parsed if o.path[:2] != _COMPONENTS])
-    cfg, comp_sources = _graft_components(cfg, _component_paths(cfg), root_dir)
+    cfg, comp_sources = _graft_components(cfg, _component_paths(cfg), root_dir, budget)
     cfg = apply_overrides(cfg, on_components)
     names = _mapping_at(cfg, _COMPONENTS, "name -> component config")
     cfg = resolve(cfg, scopes=[(*_COMPONENTS, str(n)) for n in names])
@@ -197,11 +205,14 @@ def load_policy_config(path: str | Path, overrides: Sequence[str] = ()) -> Polic
     cfg.data["policy"]["params"] = cfg.data["policy"].get("params") or {}
     checkpoint = None
     if spec.checkpoint is not None:
-        base = _base_of(cfg.locate("checkpoint"), root_dir)
-        checkpoint = (base / os.path.expanduser(spec.checkpoint)).resolve()
+        target = _base_of(cfg.locate("checkpoint"), root_dir) / os.path.expanduser(spec.checkpoint)
+        try:
+            checkpoint = resolve_path(target)
+        except ConfigError as e:
+            raise cfg.error("checkpoint", e.message) from None
     components = plain_copy(cfg.data["model"]["components"])
     return PolicyConfig(
-        path=p.resolve(),
+        path=real,
         base_dir=root_dir,
         policy_type=spec.policy.type,
         params=plain_copy(cfg.data["policy"]["params"]),

@@ -1,6 +1,6 @@
-"""The on-disk dataset format: constants, the column ``Feature`` type and ``DatasetError``.
+"""Shared pieces of the dataset code: the column ``Feature`` type, ``DatasetError``, helpers.
 
-See ``envactor.data.dataset`` for the layout. pyarrow is imported on first use only.
+The layout itself is LeRobot's (``lerobot_format``). pyarrow is imported on first use only.
 """
 
 from __future__ import annotations
@@ -17,24 +17,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-CODEBASE_VERSION = "envactor-v1"
-INFO_FILE = "meta/info.json"
-EPISODES_FILE = "meta/episodes.jsonl"
-TASKS_FILE = "meta/tasks.jsonl"
-DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-CHUNKS_SIZE = 1000
+CODEBASE_VERSION = "v3.0"  # the LeRobot dataset format envactor writes
 DTYPES = ("float32", "float64", "float16", "uint8", "int32", "int64", "bool")
-# Written by the writer for every frame; never passed to add_episode.
-INDEX_COLUMNS = ("episode_index", "frame_index", "index", "timestamp")
-INFO_KEYS = (
-    "codebase_version",
-    "fps",
-    "total_episodes",
-    "total_frames",
-    "chunks_size",
-    "data_path",
-    "features",
-)
 
 
 class DatasetError(ValueError):
@@ -97,27 +81,13 @@ class Feature:
         return t
 
 
-DEFAULT_FEATURES = {"reward": Feature((), "float32"), "done": Feature((), "bool")}
-INDEX_FEATURES = {
-    "episode_index": Feature((), "int64"),
-    "frame_index": Feature((), "int64"),
-    "index": Feature((), "int64"),
-    "timestamp": Feature((), "float32"),
-}
-
-
-def episode_relpath(index: int, chunks_size: int, template: str = DATA_PATH) -> str:
-    """Path of episode ``index`` relative to the dataset root."""
-    return template.format(episode_chunk=index // chunks_size, episode_index=index)
-
-
 def read_json(path: Path) -> Any:
     """Parsed JSON of ``path``; a missing or malformed file is a ``DatasetError`` naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(
-            f"{path}: missing; is {path.parent.parent} an envactor dataset?"
+            f"{path}: missing; is {path.parent.parent} a dataset (LeRobot v3.0 or v2.1)?"
         ) from None
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read JSON: {e}") from e

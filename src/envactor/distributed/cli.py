@@ -1,13 +1,20 @@
-"""``envactor train-online TASK --workers N``: DAgger on Ray rollout workers (see dagger.py)."""
+"""``envactor train-online TASK --workers N``: DAgger on Ray rollout workers (see dagger.py).
+
+Every flag is checked while parsing (a bad executor, size, rate or ``--sync-every`` is a
+one-line error naming the flag), and the rest (task, ``--init``, ``--n-action-steps`` against
+``--horizon``) before Ray starts or anything is trained or written.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from envactor.distributed.dagger import OnlineSettings, train_online
+from envactor.distributed.dagger import OnlineSettings, check_executor, train_online
+from envactor.runtime.cli_args import number
 
 __all__ = ["add_online_args", "run_online"]
 
@@ -29,6 +36,38 @@ _FLAGS = (
 )
 
 
+def _executor(text: str) -> str:
+    try:
+        check_executor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _sync_every(text: str) -> str:
+    from envactor.distributed.broadcast import parse_sync_every
+
+    try:
+        parse_sync_every(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("sync_every: ")) from None
+    return text
+
+
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "iterations": number(int, ge=0),
+    "num_envs": number(int, ge=1),
+    "eval_episodes": number(int, ge=1),
+    "episodes_per_iter": number(int, ge=1),
+    "lr": number(gt=0),
+    "action_noise_std": number(ge=0),
+    "executor": _executor,
+    "sync_every": _sync_every,
+}
+"""Flag types (a bad value is a one-line usage error naming the flag); any other int flag of
+``_FLAGS`` is an int >= 1, any other float flag a finite number."""
+
+
 def add_online_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``envactor train-online``."""
     defaults = OnlineSettings()
@@ -36,16 +75,17 @@ def add_online_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", nargs="?", default=defaults.task, help=f"default {defaults.task}")
     p.add_argument(
         "--workers",
-        type=int,
+        type=number(int, ge=0),
         default=defaults.workers,
-        help="Ray rollout workers; 0 runs the same loop in this process, no Ray",
+        help=f"Ray rollout workers; 0 runs the same loop in this process, no Ray "
+        f"(default {defaults.workers})",
     )
     p.add_argument(
         "--address",
         default=None,
         help="join this Ray cluster ('auto' or host:port); default: start a local one",
     )
-    p.add_argument("--out", default=str(defaults.out))
+    p.add_argument("--out", default=str(defaults.out), help=f"default {defaults.out}")
     p.add_argument(
         "--init",
         default=None,
@@ -57,11 +97,19 @@ def add_online_args(p: argparse.ArgumentParser) -> None:
         help="continue from OUT/state.json (last checkpoint and weight version)",
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (learner)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--seed", type=number(int, ge=0), default=defaults.seed, help=f"default {defaults.seed}"
+    )
+    p.add_argument(
+        "--threads", type=number(int, ge=1), default=1,
+        help="torch intra-op threads (learner; default 1)",
+    )  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name in _FLAGS:
-        kind = {"int": int, "float": float}.get(str(kinds[name]), str)
+        default_types: dict[str, Callable[[str], Any]] = {
+            "int": number(int, ge=1), "float": number(), "str": str,
+        }  # fmt: skip
+        kind = _TYPES.get(name) or default_types[str(kinds[name])]
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
@@ -81,9 +129,21 @@ def run_online(args: argparse.Namespace) -> int:
         "init": None if args.init is None else Path(args.init),
     }  # fmt: skip
     kw.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None})
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     settings = OnlineSettings.quick(**kw) if args.quick else OnlineSettings(**kw)
+    if settings.n_action_steps > settings.horizon:
+        raise ValueError(
+            f"--n-action-steps must be <= --horizon ({settings.horizon}), "
+            f"got {settings.n_action_steps}"
+        )
+    if settings.init is not None and not settings.init.exists():
+        raise FileNotFoundError(f"--init: checkpoint {settings.init} does not exist")
+    from envactor.envs import task_spec
+
+    try:
+        task_spec(settings.task)
+    except KeyError as exc:  # KeyError quotes its message; say it as written
+        raise ValueError(f"TASK: {exc.args[0]}") from None
+    settings.check()  # anything left, before Ray starts or anything is written
     rows = train_online(settings, progress=not args.no_progress)
     first, last = rows[0]["eval_success"], rows[-1]["eval_success"]
     print(

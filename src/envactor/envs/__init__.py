@@ -11,8 +11,24 @@ Importing this package registers the tasks with gymnasium and the experts with
 
 from envactor.envs.pendulum_expert import PendulumExpert
 from envactor.envs.reacher_expert import ReacherExpert
-from envactor.envs.tasks import CONFIG_DIR, TASKS, register_tasks, task_spec
+from envactor.envs.tasks import (
+    CONFIG_DIR,
+    TASKS,
+    UnknownEnvError,
+    check_env_id,
+    register_tasks,
+    task_spec,
+)
 
 register_tasks()
 
-__all__ = ["CONFIG_DIR", "TASKS", "PendulumExpert", "ReacherExpert", "register_tasks", "task_spec"]
+__all__ = [
+    "CONFIG_DIR",
+    "TASKS",
+    "PendulumExpert",
+    "ReacherExpert",
+    "UnknownEnvError",
+    "check_env_id",
+    "register_tasks",
+    "task_spec",
+]

@@ -118,3 +118,36 @@ def task_spec(env_id: str) -> dict[str, Any]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown envactor task {env_id!r}; known tasks: {sorted(TASKS)}{hint}")
     return task.spec()
+
+
+class UnknownEnvError(ValueError):
+    """A gymnasium env id that is not registered (the message names the closest ids)."""
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``UnknownEnvError`` unless gymnasium can make ``env_id``.
+
+    Unversioned ids (``Pendulum``) pass when some version is registered, as ``gym.make``
+    accepts them; ``module:Id`` ids are left to ``gym.make`` (it imports the module first).
+    """
+    register_tasks()
+    if ":" in env_id or env_id in gym.registry:
+        return
+    from gymnasium.envs.registration import parse_env_id
+
+    try:
+        ns, name, version = parse_env_id(env_id)
+    except gym.error.Error:
+        ns, name, version = None, None, None
+    unversioned = name is not None and version is None
+    if unversioned and any(s.namespace == ns and s.name == name for s in gym.registry.values()):
+        return
+    ids = sorted(gym.registry)
+    by_lower = {i.lower(): i for i in ids}
+    close = difflib.get_close_matches(env_id.lower(), list(by_lower), n=3, cutoff=0.6)
+    if close:
+        hint = "did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?"
+    else:
+        embedded = ", ".join(sorted(TASKS))
+        hint = f"{len(ids)} ids are registered, among them the embedded tasks {embedded}"
+    raise UnknownEnvError(f"unknown gymnasium env id {env_id!r}; {hint}")

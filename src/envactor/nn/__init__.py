@@ -12,6 +12,7 @@ from .blocks import (
     ChunkTransformer,
     ConvImageEncoder,
     FlowVelocityMLP,
+    ObservationEncoder,
     SinusoidalTimeEmbedding,
     TransformerEncoder,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ComponentError",
     "ConvImageEncoder",
     "FlowVelocityMLP",
+    "ObservationEncoder",
     "SinusoidalTimeEmbedding",
     "TransformerEncoder",
     "build_component",

@@ -2,9 +2,10 @@
 
 Parameters are checked against the block's constructor signature before anything is built:
 unknown names (with a did-you-mean), missing required ones, and values that do not match the
-annotation (strict pydantic validation: ``"3"`` is not an ``int``, ``"abc"`` is not a list; a YAML
-list is accepted where a tuple is annotated) all fail with one :class:`ComponentError` naming
-the component, its source file, the block type and the accepted parameters.
+annotation (strict pydantic validation: ``"3"`` and ``true`` are not an ``int``, ``"abc"`` is not a
+list, ``.inf`` and ``.nan`` are never accepted; a YAML list is accepted where a tuple is annotated)
+all fail with one :class:`ComponentError` naming the component, its source file, the block type
+and the accepted parameters.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -201,6 +203,13 @@ def _validate(
         if param is None:
             kwargs[key] = value  # only reached with **kwargs
             continue
+        bad = _non_finite(value)
+        if bad is not None:
+            problems.append(
+                f"parameter {key!r}: expected a finite number, got {bad}; infinities and NaN "
+                "are not valid parameters"
+            )
+            continue
         try:
             kwargs[key] = _check_type(param.annotation, value)
         except ValidationError as exc:
@@ -241,12 +250,28 @@ def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
     if annotation is Any:
         return None
     try:
-        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+        return TypeAdapter(
+            annotation, config=ConfigDict(arbitrary_types_allowed=True, allow_inf_nan=False)
+        )
     except Exception:  # a type pydantic cannot handle, or one that refuses a config
         try:
             return TypeAdapter(annotation)
         except Exception:
             return None
+
+
+def _non_finite(value: Any) -> str | None:
+    """``.inf``/``-.inf``/``.nan`` (as YAML writes it) if ``value`` holds such a float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for v in value:
+            found = _non_finite(v)
+            if found is not None:
+                return found
+    return None
 
 
 def _lists_to_tuples(value: Any) -> Any:

@@ -6,6 +6,9 @@ system's ``predict``/``guided_inference``, LeRobot's ``select_action``/``forward
 ``update`` and DI-engine's mode views) live here and may not be overridden, so every acting path
 gets ``eval()`` + ``inference_mode``, normalization and shape checks without each policy
 remembering them. Registration (``POLICY_REGISTRY.register``) enforces that.
+
+With ``n_obs_steps = n > 1`` the hooks see ``(B, n, ...)`` tensors: the acting boundary keeps
+each env's last n observations (``envactor.policy.history``), per mode view.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from envactor.policy.boundary import (
     to_tensor,
 )
 from envactor.policy.ema import EmaShadow
+from envactor.policy.history import ObsHistory
 from envactor.policy.prefix import build_prefix
 from envactor.policy.queues import ChunkQueues
 from envactor.policy.specs import FeatureSpec, PolicyParams
@@ -85,10 +89,14 @@ class Policy(nn.Module):
         self._ema: EmaShadow | None = None
         self._queues = ChunkQueues()
         self._rngs: dict[Hashable, torch.Generator] = {}
+        self._n_obs = int(getattr(self.params, "n_obs_steps", 1))
+        self._history = ObsHistory(self._n_obs)
 
     # ------------------------------------------------------------------ hooks (override these)
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
-        """Normalized observations (B, ...) -> normalized action chunk (B, H, A)."""
+        """Normalized observations (B, ...) -> normalized action chunk (B, H, A).
+
+        With ``n_obs_steps = n > 1`` each observation is ``(B, n, ...)``, oldest first."""
         raise NotImplementedError
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,6 +171,11 @@ class Policy(nn.Module):
         """Device the policy's tensors live on."""
         return self._device
 
+    @property
+    def n_obs_steps(self) -> int:
+        """Observations per env the hooks see: ``(B, n_obs_steps, ...)`` when above 1."""
+        return self._n_obs
+
     @classmethod
     def can_guide(cls) -> bool:
         """True when the class implements its own guided (conditioned) sampling."""
@@ -233,9 +246,12 @@ class Policy(nn.Module):
         prepared = fast.prepare(obs) if fast is not None else None
         return prepared if prepared is not None else self._prepare_general(obs, norm)
 
-    def _prepare_general(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
-        """Any device, numpy or torch inputs; raises the errors that name key and expectation."""
-        batch = batch_size_of(obs, self.input_features)
+    def _prepare_general(
+        self, obs: Obs, norm: Normalizer, steps: int = 1
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """Any device, numpy or torch inputs; raises the errors that name key and expectation.
+        ``steps > 1``: histories ``(B, steps, ...)`` (training windows)."""
+        batch = batch_size_of(obs, self.input_features, steps)
         dev = self.device
         out = {}
         for key, spec in self.input_features.items():
@@ -274,19 +290,32 @@ class Policy(nn.Module):
         return self._predict(obs, normalizer, env_ids, explore=explore)
 
     def _predict(
-        self, obs: Obs, normalizer: Normalizer | None, env_ids: EnvIds | None, explore: bool
+        self,
+        obs: Obs,
+        normalizer: Normalizer | None,
+        env_ids: EnvIds | None,
+        explore: bool,
+        history: ObsHistory | None = None,
+        rows: list[int] | None = None,
     ) -> np.ndarray:
+        """Chunks for every row of ``obs`` (with history: every row is recorded in ``history``,
+        default the policy's, and only ``rows`` are predicted when given)."""
         norm = self._normalizer(normalizer)
         fast = self._fast_boundary(norm)
         with self._acting():
             prepared = fast.prepare(obs) if fast is not None else None
             obs_t, batch = prepared or self._prepare_general(obs, norm)
-            ids = list(range(batch)) if env_ids is None else self._ids(env_ids, batch)
+            ids: list[Hashable] = (
+                list(range(batch)) if env_ids is None else self._ids(env_ids, batch)
+            )
+            if self._n_obs > 1:
+                obs_t, ids = self._remember(obs_t, ids, history, rows)
+                batch = len(ids)
             chunk = self._chunk(obs_t, ids)
             hook = "_chunk"
             if explore:
                 chunk = self._checked(chunk, batch, hook)
-                chunk, hook = self._explore(chunk, self._ids(env_ids, batch)), "_explore"
+                chunk, hook = self._explore(chunk, ids), "_explore"
             out = fast.finish(chunk, batch) if fast is not None else None
             if out is None:  # the general path checks the shape (the fast one said no)
                 chunk = self._checked(chunk, batch, hook)
@@ -334,6 +363,8 @@ class Policy(nn.Module):
             prefix = norm.normalize(ACTION_KEY, torch.from_numpy(prefix_np).to(dev))
             weights = torch.from_numpy(weights_np).to(dev)
             ids = self._ids(env_ids, batch)
+            if self._n_obs > 1:
+                obs_t, ids = self._remember(obs_t, ids, None, None)
             if method not in ("auto", "blend"):
                 raise ValueError(f"method must be 'auto' or 'blend', got {method!r}")
             if not guided:
@@ -354,6 +385,9 @@ class Policy(nn.Module):
                     k: to_tensor(k, v, self.input_features[k], self.device).float()
                     for k, v in dummy_observation(self.input_features, batch_size).items()
                 }
+                if self._n_obs > 1:  # a history of n equal frames, as after a reset
+                    n = self._n_obs
+                    obs_t = {k: v[:, None].expand(-1, n, *v.shape[1:]) for k, v in obs_t.items()}
                 if not guided:
                     self._checked(self._chunk(obs_t, ids), batch_size, "_chunk")
                     continue
@@ -369,12 +403,47 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ LeRobot-style contract
     def reset(self, env_ids: EnvIds | None = None) -> None:
-        """Clear pending actions and per-env state of ``env_ids`` (all envs when None).
+        """Clear pending actions, observation history and per-env state of ``env_ids`` (all envs
+        when None; then the collect and eval views' state too).
 
         Per-env noise generators are kept (their streams continue); reseed with
         ``set_env_seeds``."""
         self._queues.reset(env_ids)
+        self._history.reset(env_ids)
+        if env_ids is None:
+            for view in ("collect_mode", "eval_mode"):
+                mode = self.__dict__.get(view)
+                if mode is not None:
+                    mode._clear()
         self._reset(None if env_ids is None else list(env_ids))
+
+    def observe(self, obs: Obs, *, env_ids: EnvIds | None = None) -> None:
+        """Record one step's observations ``(B, ...)`` in each env's history without asking for
+        a chunk (the executors call it for the envs that do not replan this step). Nothing to do
+        when ``n_obs_steps`` is 1."""
+        if self._n_obs > 1:
+            self._observe(obs, env_ids, self._history)
+
+    def _observe(self, obs: Obs, env_ids: EnvIds | None, history: ObsHistory) -> None:
+        norm = self._normalizer(None)
+        with self._acting():
+            obs_t, batch = self._prepare(obs, norm)
+            history.push(self._ids(env_ids, batch), obs_t)
+
+    def _remember(
+        self,
+        obs_t: dict[str, torch.Tensor],
+        ids: list[Hashable],
+        history: ObsHistory | None,
+        rows: list[int] | None,
+    ) -> tuple[dict[str, torch.Tensor], list[Hashable]]:
+        """Record ``obs_t`` in ``history`` (default: the policy's); the histories ``(B, n, ...)``
+        of ``rows`` (all when None) and their env ids."""
+        hist = self._history if history is None else history
+        hist.push(ids, obs_t)
+        if rows is not None:
+            ids = [ids[i] for i in rows]
+        return hist.stack(ids), ids
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Learn mode: a normalized batch through ``_loss``; returns ``{"loss": ..., ...}``."""
@@ -382,7 +451,10 @@ class Policy(nn.Module):
             raise PolicyError(f"policy {self.name!r} is not trainable")
         self._learning()
         norm = self._normalizer(None)
-        obs_t, n = self._prepare(batch, norm)
+        if self._n_obs > 1:  # training windows: (B, n_obs_steps, ...) per key
+            obs_t, n = self._prepare_general(batch, norm, self._n_obs)
+        else:
+            obs_t, n = self._prepare(batch, norm)
         if ACTION_KEY not in batch:
             raise ObservationError(
                 f"a training batch needs key {ACTION_KEY!r}; got {sorted(batch)}"
@@ -403,18 +475,30 @@ class Policy(nn.Module):
         return out
 
     def select_action(self, batch: Obs, *, env_ids: EnvIds | None = None) -> np.ndarray:
-        """One action per row ``(B, A)``; each env replans only when its own queue is empty."""
+        """One action per row ``(B, A)``; each env replans only when its own queue is empty.
+        Every call's observations enter the envs' histories (``n_obs_steps > 1``)."""
         return self._act_from_queues(batch, env_ids, self._queues, explore=False)
 
     def _act_from_queues(
-        self, batch: Obs, env_ids: EnvIds | None, queues: ChunkQueues, explore: bool
+        self,
+        batch: Obs,
+        env_ids: EnvIds | None,
+        queues: ChunkQueues,
+        explore: bool,
+        history: ObsHistory | None = None,
     ) -> np.ndarray:
         n = batch_size_of(batch, self.input_features)
         ids = self._ids(env_ids, n)
         rows = [i for i, e in enumerate(ids) if queues.needs_chunk(e)]
-        if rows:
-            sub = {k: batch[k][rows] if len(rows) < n else batch[k] for k in self.input_features}
-            chunks = self._predict(sub, None, [ids[i] for i in rows], explore)
+        if self._n_obs > 1 and not rows:  # every step's observation enters the history
+            self._observe(batch, ids, self._history if history is None else history)
+        elif rows:
+            if self._n_obs > 1:
+                chunks = self._predict(batch, None, ids, explore, history, rows)
+            else:
+                keys = self.input_features
+                sub = {k: batch[k][rows] if len(rows) < n else batch[k] for k in keys}
+                chunks = self._predict(sub, None, [ids[i] for i in rows], explore)
             s = self.params.n_action_steps
             for j, i in enumerate(rows):
                 queues.push(ids[i], chunks[j, :s])

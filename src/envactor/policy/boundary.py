@@ -17,8 +17,13 @@ class ObservationError(ValueError):
     """An observation that does not match the policy's declared input features."""
 
 
-def batch_size_of(obs: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -> int:
-    """The common batch size B of ``obs``, checking every declared key is there and batched."""
+def batch_size_of(
+    obs: Mapping[str, Any], features: Mapping[str, FeatureSpec], steps: int = 1
+) -> int:
+    """The common batch size B of ``obs``, checking every declared key is there and batched.
+
+    ``steps > 1``: each key holds an observation history ``(B, steps, ...)`` (training windows of
+    a policy with ``n_obs_steps = steps``)."""
     missing = [k for k in features if k not in obs]
     if missing:
         raise ObservationError(
@@ -31,11 +36,15 @@ def batch_size_of(obs: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -
         if not isinstance(value, np.ndarray | torch.Tensor):
             value = np.asarray(value)
         shape = tuple(value.shape)
-        if shape[1:] != spec.shape:
-            hint = " (no batch dimension?)" if shape == spec.shape else ""
+        lead = () if steps == 1 else (steps,)
+        if shape[1:] != (*lead, *spec.shape):
+            want = ", ".join(map(str, (*lead, *spec.shape)))
+            if steps > 1:
+                hint = f" (B, n_obs_steps={steps}, ...): one history window per row"
+            else:
+                hint = " (no batch dimension?)" if shape == spec.shape else ""
             raise ObservationError(
-                f"observation[{key!r}]: expected shape (B, {', '.join(map(str, spec.shape))}), "
-                f"got {shape}{hint}"
+                f"observation[{key!r}]: expected shape (B, {want}), got {shape}{hint}"
             )
         sizes[key] = shape[0]
     if len(set(sizes.values())) > 1:

@@ -1,6 +1,9 @@
 """Build a policy from YAML or a checkpoint directory, and save one as a checkpoint.
 
 YAML --load_policy_config--> components (nn factory) + Normalizer (checkpoint) --> Policy class
+
+A LeRobot ``pretrained_model`` folder builds a ``LeRobotPolicy`` (``envactor.interop.lerobot``):
+LeRobot's own model and processors, LeRobot imported only then.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ from typing import Any
 
 import torch
 
-from envactor.checkpoint import load_checkpoint, load_components_strict, save_checkpoint
+from envactor.checkpoint import (
+    load_checkpoint,
+    load_components_strict,
+    refers_to_checkpoint,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
 from envactor.config import load_policy_config, validate
 from envactor.nn import build_components
 from envactor.policy.base import Policy
@@ -33,13 +42,17 @@ def packaged_config(name: str) -> Path:
 
 
 def resolve_source(path_or_dir: str | Path) -> tuple[Path, Path | None]:
-    """(YAML file, checkpoint dir or None) for a YAML path, a checkpoint dir or a policy name."""
+    """(YAML file, checkpoint dir or None) for a YAML path, a checkpoint dir or a policy name.
+
+    A directory is always a checkpoint, resolved like ``load_checkpoint`` resolves it (a training
+    step directory or ``checkpoints/last`` means that step's policy; a save interrupted between
+    its renames is recovered); one without a valid ``meta.json`` is an error, never a policy
+    with untrained weights.
+    """
     p = Path(path_or_dir)
-    if p.is_dir():
-        yaml_file = p / POLICY_YAML
-        if not yaml_file.is_file():
-            raise FileNotFoundError(f"{p} is a directory without {POLICY_YAML}")
-        return yaml_file, (p if (p / META_JSON).is_file() else None)
+    if refers_to_checkpoint(p):
+        ckpt = resolve_checkpoint_dir(p)
+        return ckpt / POLICY_YAML, ckpt
     if p.is_file():
         return p, None
     if isinstance(path_or_dir, str) and path_or_dir.isidentifier():
@@ -59,13 +72,29 @@ def build_policy(
     device: str | torch.device = "cpu",
     overrides: Sequence[str] = (),
 ) -> Policy:
-    """YAML file, checkpoint directory or registered name -> a ready policy on ``device``.
+    """YAML file, checkpoint directory, LeRobot checkpoint or registered name -> a ready policy on
+    ``device``.
 
     ``checkpoint`` (or the YAML's ``checkpoint:`` key, or the directory itself when it is a
     checkpoint) supplies weights, normalizer stats and the weight version; loading is strict.
-    ``overrides`` are dotted ``key=value`` strings applied on top of the YAML.
+    ``overrides`` are dotted ``key=value`` strings applied on top of the YAML. A LeRobot
+    ``pretrained_model`` folder (``config.json`` with a ``type``, ``model.safetensors`` and the
+    saved processors) is loaded with LeRobot itself; it takes neither ``checkpoint`` nor
+    ``overrides``.
     """
+    from envactor.interop.lerobot import lerobot_checkpoint_dir, load_lerobot_policy
+
+    if lerobot_checkpoint_dir(path_or_dir) is not None:
+        if checkpoint is not None or overrides:
+            given = "checkpoint=" if checkpoint is not None else f"--override {' '.join(overrides)}"
+            raise ValueError(
+                f"{path_or_dir} is a LeRobot checkpoint: its config.json fixes the policy, so "
+                f"{given} cannot apply (edit config.json or load it with LeRobot)"
+            )
+        return load_lerobot_policy(path_or_dir, device=device)
     yaml_file, ckpt_dir = resolve_source(path_or_dir)
+    # a checkpoint is checked (meta.json, checksums) before its policy.yaml is parsed
+    own = load_checkpoint(ckpt_dir) if ckpt_dir is not None and checkpoint is None else None
     cfg = load_policy_config(yaml_file, overrides)
     try:
         cls = POLICY_REGISTRY.get(cfg.policy_type)
@@ -77,7 +106,10 @@ def build_policy(
     normalizer = None
     meta: dict[str, Any] = {}
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+        if own is not None and Path(ckpt_path) == own.path:
+            ckpt = own
+        else:
+            ckpt = load_checkpoint(ckpt_path)
         load_components_strict(ckpt, dict(components.items()))
         normalizer = ckpt.normalizer
         meta = ckpt.meta
@@ -91,6 +123,12 @@ def save_policy(
     policy: Policy, path: str | Path, *, step: int = 0, extra_meta: dict[str, Any] | None = None
 ) -> Path:
     """Write ``policy`` (acting weights, stats, resolved config) as a checkpoint directory."""
+    if policy.name == "lerobot":
+        raise ValueError(
+            f"a LeRobot policy is saved in LeRobot's format, not as an envactor checkpoint: "
+            f"policy.components['model'].save_pretrained(DIR) plus its preprocessor and "
+            f"postprocessor's save_pretrained(DIR) (loaded from {policy.config.get('lerobot')})"
+        )
     if not policy.config:
         raise ValueError(
             f"policy {policy.name!r} has no resolved config; build it with build_policy() "

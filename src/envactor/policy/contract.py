@@ -13,8 +13,9 @@ PUBLIC_METHODS = frozenset(
         "predict", "guided_inference", "warmup", "freeze_all_model_params", "reset", "forward",
         "select_action", "update", "learn_mode", "collect_mode", "eval_mode", "load_weights",
         "acting_state_dict", "set_env_seeds", "name", "input_features", "action_shape",
-        "device", "can_guide",
-        "_acting", "_learning", "_predict", "_prepare", "_act_from_queues",
+        "device", "can_guide", "observe", "n_obs_steps",
+        "_acting", "_learning", "_predict", "_prepare", "_act_from_queues", "_observe",
+        "_remember",
     }
 )  # fmt: skip
 

@@ -1,10 +1,14 @@
-"""Helpers shared by the built-in neural policies: feature flattening, dimension checks, noise."""
+"""Helpers shared by the built-in neural policies: observation encoding, dimension checks, noise,
+and the encoder config that follows a policy's input features."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import torch
+from torch import nn
 
 from envactor.policy.base import EnvIds, Policy, PolicyError
 
@@ -15,6 +19,20 @@ def flat_observation(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Ten
         x = obs[keys[0]]
         return (x if x.dim() == 2 else x.flatten(1)).float()
     return torch.cat([obs[k].flatten(1).float() for k in keys], dim=1)
+
+
+def reads_observation_dict(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` takes the observation dict (``observation_encoder``) rather than the
+    flattened, concatenated features (``mlp``)."""
+    return bool(getattr(type(encoder), "reads_observation_dict", False))
+
+
+def encode_observation(
+    encoder: nn.Module, obs: dict[str, torch.Tensor], keys: list[str], reads_dict: bool
+) -> torch.Tensor:
+    """``encoder``'s conditioning vector for ``obs``: the dict itself or ``flat_observation``."""
+    cond: torch.Tensor = encoder(obs if reads_dict else flat_observation(obs, keys))
+    return cond
 
 
 def feature_size(policy: Policy) -> int:
@@ -73,6 +91,7 @@ def check_encoder_head(policy: Policy, head: str) -> None:
     """Check ``encoder.in_dim`` against the features and ``head``'s horizon, action_dim and
     cond_dim against the params and ``encoder.out_dim`` (the encoder -> chunk-head layout)."""
     check_dims(policy, "encoder", {"in_dim": (feature_size(policy), "sum of input_features sizes")})
+    check_encoder_features(policy)
     expected = {
         "horizon": (policy.params.horizon, "policy.params.horizon"),
         "action_dim": (policy.params.action_dim, "policy.params.action_dim"),
@@ -81,3 +100,73 @@ def check_encoder_head(policy: Policy, head: str) -> None:
     if isinstance(cond, int):
         expected["cond_dim"] = (cond, "model.components.encoder.out_dim")
     check_dims(policy, head, expected)
+
+
+def check_encoder_features(policy: Policy) -> None:
+    """Raise PolicyError when the encoder's declared features (``observation_encoder``'s
+    ``input_features``) differ from ``policy.params.input_features``, naming the key."""
+    shapes = getattr(policy.components["encoder"], "feature_shapes", None)
+    if not isinstance(shapes, Mapping):
+        return
+    declared = {k: tuple(s.shape) for k, s in policy.input_features.items()}
+    if dict(shapes) == declared:
+        return
+    fix = "write it as ${policy.params.input_features}"
+    for key in [*declared, *shapes]:
+        if key not in shapes or key not in declared:
+            where, other = ("encoder", "policy") if key not in shapes else ("policy", "encoder")
+            raise PolicyError(
+                f"policy {policy.name!r}: feature {key!r} is in the {other}'s input_features "
+                f"but not the {where}'s (model.components.encoder.input_features: "
+                f"{list(shapes)}, policy.params.input_features: {list(declared)}); {fix}"
+            )
+        if tuple(shapes[key]) != declared[key]:
+            raise PolicyError(
+                f"policy {policy.name!r}: model.components.encoder.input_features[{key!r}] has "
+                f"shape {list(shapes[key])}, policy.params.input_features declares "
+                f"{list(declared[key])}; {fix}"
+            )
+    raise PolicyError(
+        f"policy {policy.name!r}: model.components.encoder.input_features lists "
+        f"{list(shapes)}, policy.params.input_features {list(declared)} (order differs); {fix}"
+    )
+
+
+def is_camera(spec: Mapping[str, Any]) -> bool:
+    """A camera feature: ``norm: image`` (uint8 pixels, shape ``[H, W, C]``)."""
+    return spec.get("norm") == "image"
+
+
+def encoder_overrides(
+    components: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Overrides that size a built-in policy's ``encoder`` for ``features``.
+
+    ``components`` is the config's ``model.components``. With a camera among ``features``, an
+    ``mlp`` encoder becomes an ``observation_encoder`` with the same ``out_dim``, hidden layers,
+    activation, dropout and layer norm; without one, an ``mlp`` encoder's ``in_dim`` becomes the
+    flattened size. An ``observation_encoder`` reads ``${policy.params.input_features}``. Other
+    encoders (and policies without one) are left as they are.
+    """
+    enc = components.get("encoder")
+    if not isinstance(enc, Mapping):
+        return []
+    kind = enc.get("type")
+    key = "model.components.encoder"
+    if kind == "observation_encoder":
+        return [f"{key}.input_features=${{policy.params.input_features}}"]
+    if kind != "mlp":
+        return []
+    if not any(is_camera(spec) for spec in features.values()):
+        size = 0
+        for spec in features.values():
+            n = 1
+            for d in spec["shape"]:
+                n *= int(d)
+            size += n
+        return [f"{key}.in_dim={size}"]
+    carried = ("out_dim", "hidden_dims", "activation", "dropout", "layer_norm")
+    cfg: dict[str, Any] = {"type": "observation_encoder"}
+    cfg.update({k: enc[k] for k in carried if k in enc})
+    cfg["input_features"] = "${policy.params.input_features}"
+    return [f"{key}={json.dumps(cfg)}"]

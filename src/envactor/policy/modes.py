@@ -3,6 +3,8 @@
 Each view has ``init``, ``reset``, ``forward``, ``state_dict`` and ``load_state_dict``. The acting
 views take ``{env_id: obs}`` (one unbatched observation per env) and return ``{env_id: action}``,
 executing chunks per env (H predicted, s executed, per-env queues); env ids are any hashable keys.
+Each acting view owns its queues and observation histories: resetting env 0 of ``collect_mode``
+leaves env 0 of ``eval_mode`` (and of the policy's own ``select_action``) as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from envactor.policy.history import ObsHistory
 from envactor.policy.queues import ChunkQueues
 
 if TYPE_CHECKING:
@@ -43,15 +46,22 @@ class _ActingMode:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._queues = ChunkQueues()
+        self._history = ObsHistory(policy.n_obs_steps)
 
     def init(self) -> None:
-        """Put the policy in acting state and forget pending actions."""
+        """Put the policy in acting state and forget pending actions and histories."""
         self._policy.eval()
-        self._queues.reset()
+        self._clear()
+
+    def _clear(self, env_ids: EnvIds | None = None) -> None:
+        """Forget this view's pending actions and histories of ``env_ids`` (all when None)."""
+        self._queues.reset(env_ids)
+        self._history.reset(env_ids)
 
     def reset(self, env_ids: EnvIds | None = None) -> None:
-        """Clear pending actions and per-env state of ``env_ids`` only (all when None)."""
-        self._queues.reset(env_ids)
+        """Clear pending actions, histories and per-env state of ``env_ids`` only (all when
+        None)."""
+        self._clear(env_ids)
         self._policy._reset(None if env_ids is None else list(env_ids))
 
     def forward(self, obs: Mapping[Hashable, Mapping[str, Any]]) -> dict[Hashable, np.ndarray]:
@@ -59,7 +69,9 @@ class _ActingMode:
         if not obs:
             return {}
         ids, batch = stack_observations(obs, list(self._policy.input_features))
-        actions = self._policy._act_from_queues(batch, ids, self._queues, explore=self.explore)
+        actions = self._policy._act_from_queues(
+            batch, ids, self._queues, explore=self.explore, history=self._history
+        )
         return dict(zip(ids, actions))
 
     def state_dict(self) -> dict[str, torch.Tensor]:

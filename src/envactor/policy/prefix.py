@@ -21,7 +21,7 @@ def build_prefix(
     """(Y (B, H, A), W (B, H)) from each env's remainder ``prev_chunk[b]`` of shape (L_b, A).
 
     Y is the remainder shifted to index 0 and padded with its last action; W is the soft mask
-    of REFERENCE.md section 2 with d = ``delay[b]`` (clamped to L_b) and s = ``s`` or
+    (RTC paper Eq. 5, docs/chunking.md) with d = ``delay[b]`` (clamped to L_b) and s = ``s`` or
     ``H - L_b``, and zero wherever the remainder has no action.
     """
     horizon, adim = action_shape

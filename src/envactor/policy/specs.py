@@ -1,21 +1,106 @@
-"""Declared inputs and outputs of a policy, and the parameters every policy shares."""
+"""Declared inputs and outputs of a policy, and the parameters every policy shares.
+
+Built from Python or from a config, these models are strict about numbers: a boolean is not a
+number (``horizon=True`` is an error, not 1) and infinities and NaN are never valid values.
+Strings that spell a number still convert (a config's ``${env:NAME}`` gives strings).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 NormName = Literal["mean_std", "min_max", "quantile", "identity", "image"]
 
 _ALLOWED_DTYPES = {"float32", "float64", "float16", "bfloat16", "uint8", "int64", "int32"}
 
 
-class FeatureSpec(BaseModel):
+def _members(tp: Any) -> list[Any]:
+    """The members of a union (through ``Annotated``), or ``[tp]``."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType):
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _is_number_type(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, int | float) and tp is not bool
+
+
+def _takes_bool(tp: Any) -> bool:
+    if get_origin(tp) is Literal:
+        return any(isinstance(a, bool) for a in get_args(tp))
+    return tp is bool or tp is Any or tp is object
+
+
+def _item_types(members: list[Any], index: int) -> list[Any]:
+    """The annotations item ``index`` of a list or tuple typed ``members`` may have."""
+    out: list[Any] = []
+    for tp in members:
+        origin, args = get_origin(tp), get_args(tp)
+        homogeneous = origin is tuple and len(args) == 2 and args[1] is Ellipsis
+        if (origin is list and args) or homogeneous:
+            out.append(args[0])
+        elif origin is tuple and index < len(args):
+            out.append(args[index])
+    return out
+
+
+def _bool_for_number(
+    members: list[Any], value: Any, where: str = ""
+) -> tuple[str, list[Any], bool] | None:
+    """Where in ``value`` a boolean stands for a number (``""``: ``value`` itself, ``"[1]"``: its
+    item 1), the types wanted there and the boolean, or None when there is none."""
+    if isinstance(value, bool):
+        numeric = any(_is_number_type(m) for m in members) and not any(map(_takes_bool, members))
+        return (where, members, value) if numeric else None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            inner = [m for tp in _item_types(members, i) for m in _members(tp)]
+            found = _bool_for_number(inner, item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+class StrictNumbers(BaseModel):
+    """Base of models whose number fields refuse booleans (also inside lists and tuples) and
+    whose float fields refuse infinities and NaN; inherited by every subclass's fields."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None:
+            return value
+        found = _bool_for_number(_members(cls.model_fields[info.field_name].annotation), value)
+        if found is not None:
+            where, wanted, flag = found
+            ints = all(issubclass(m, int) for m in wanted if _is_number_type(m))
+            item = f" at {where}" if where else ""
+            raise ValueError(
+                f"expected {'an integer' if ints else 'a number'}{item}, got the boolean {flag}; "
+                "booleans are not numbers (write 1 or 0 if a number is meant)"
+            )
+        return value
+
+
+class FeatureSpec(StrictNumbers):
     """One observation feature: its shape without the batch dim, dtype and normalization mode."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     shape: tuple[int, ...]
     dtype: str = "float32"
@@ -46,14 +131,15 @@ class FeatureSpec(BaseModel):
         return np.dtype("float32" if self.dtype == "bfloat16" else self.dtype)
 
 
-class PolicyParams(BaseModel):
+class PolicyParams(StrictNumbers):
     """Parameters every policy takes (``policy.params`` in YAML); subclasses add their own.
 
     ``horizon`` is H (actions per predicted chunk) and ``n_action_steps`` is s (actions executed
-    before the next chunk takes over), in REFERENCE.md's notation.
+    before the next chunk takes over), as in docs/chunking.md. Subclasses inherit the strict
+    numbers of :class:`StrictNumbers`: no booleans for numbers, no infinities or NaN.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     input_features: dict[str, FeatureSpec]
     action_dim: int = Field(gt=0)

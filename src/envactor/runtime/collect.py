@@ -41,7 +41,10 @@ def collect(
     """Run ``policy`` (default: the task's expert) for ``episodes`` episodes and write them.
 
     Episode j uses env seed ``seed + j``; the dataset holds episodes in that order.
+    ``env_kwargs`` go to ``gymnasium.make`` (e.g. ``action_noise_std`` of the embedded tasks).
     """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     from envactor.data import DatasetWriter
     from envactor.envs import task_spec
     from envactor.policy.build import build_policy
@@ -55,7 +58,13 @@ def collect(
     features = {k: {"shape": v["shape"], "dtype": "float32"} for k, v in obs_spec.items()}
     features["action"] = {"shape": [spec["action_dim"]], "dtype": "float32"}
     envs = make_vector_env(task_id, min(num_envs, episodes), **(env_kwargs or {}))
-    writer = DatasetWriter(out, features, fps=spec["control_hz"], task=task_id, overwrite=overwrite)
+    try:
+        writer = DatasetWriter(
+            out, features, fps=spec["control_hz"], task=task_id, overwrite=overwrite
+        )
+    except BaseException:
+        envs.close()
+        raise
     pending: dict[int, EpisodeMetrics] = {}
     written = 0
     bar = None
@@ -70,7 +79,7 @@ def collect(
         while written in pending:  # write in episode order
             traj = pending.pop(written).trajectory
             assert traj is not None
-            writer.add_episode({k: traj[k] for k in (*features, "reward")})
+            writer.add_episode({**{k: traj[k] for k in features}, "next.reward": traj["reward"]})
             written += 1
         if bar is not None:
             bar.update(1)

@@ -1,5 +1,5 @@
-"""The real-time controller: a control loop at a fixed rate and an inference loop (REFERENCE.md
-section 3, Algorithm 1), both real threads.
+"""The real-time controller: a control loop at a fixed rate and an inference loop (Algorithm 1
+of the real-time chunking paper), both real threads.
 
 The control loop, every period, reads the robot, takes the next action of the current chunk and
 writes it; it never waits for inference. The inference loop waits until ``s_min`` actions of the
@@ -13,10 +13,17 @@ Executors: ``rtc`` (guided inference, true VJP; the blend for policies without g
 ``rtc_identity`` (identity-Jacobian shortcut), ``blend`` (post-hoc prefix blend), ``naive_async``
 (plain predict, stale actions skipped) and ``sync`` (the control loop holds the last action from
 step s_min until the new chunk arrives, which then runs from index 0).
+
+Health limits (``realtime_health.py``) fail a run that keeps its loops alive but does not
+control: too many held steps, chunks that run out, steps that end after the next was due. A
+:class:`~envactor.runtime.realtime_clock.VirtualClock` makes a run deterministic (tests,
+simulation): time moves one period per step and the control loop waits for the inference loop
+to settle, so latency is only what the policy simulates with ``clock.sleep``.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -28,12 +35,14 @@ import numpy as np
 
 from envactor.policy.base import Policy
 from envactor.runtime.realtime_chunks import GUIDED, HELD, SAFE, ChunkBoard, Fault, infer_chunk
-from envactor.runtime.realtime_robot import TIMESTAMP_KEY, Robot
+from envactor.runtime.realtime_clock import Clock
+from envactor.runtime.realtime_health import HealthLimits, HealthMonitor
+from envactor.runtime.realtime_robot import TIMESTAMP_KEY, Robot, SimulatedRobot
 from envactor.runtime.realtime_safety import ActionFilter, SafeAction, resolve_safe_action
 from envactor.runtime.realtime_telemetry import Telemetry
 
 EXECUTORS = ("rtc", "rtc_identity", "blend", "naive_async", "sync")
-__all__ = ["EXECUTORS", "HELD", "SAFE", "RealtimeController"]
+__all__ = ["EXECUTORS", "HELD", "SAFE", "HealthLimits", "RealtimeController"]
 
 
 class RealtimeController:
@@ -59,6 +68,11 @@ class RealtimeController:
         switch_interval: Python's GIL switch interval during the run (restored after), so the
             control thread waits at most about this long for the GIL while the inference thread
             runs Python code; None leaves the interpreter's (5 ms by default).
+        limits: the :class:`~envactor.runtime.realtime_health.HealthLimits` a run must keep
+            (default: their defaults); None checks none.
+        clock: the time source (default: the wall clock); a
+            :class:`~envactor.runtime.realtime_clock.VirtualClock` runs step-driven and
+            deterministic (a ``SimulatedRobot`` must then share it and not be threaded).
     """
 
     def __init__(
@@ -79,11 +93,21 @@ class RealtimeController:
         warmup: bool = True,
         join_timeout: float = 2.0,
         switch_interval: float | None = 0.001,
+        limits: HealthLimits | None = HealthLimits(),  # noqa: B008  (frozen, shared safely)
+        clock: Clock | None = None,
     ) -> None:
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-        if not hz > 0:
-            raise ValueError(f"hz must be > 0, got {hz}")
+        if isinstance(hz, bool) or not (math.isfinite(hz) and hz > 0):
+            raise ValueError(f"hz must be a finite number > 0, got {hz!r}")
+        self.clock = clock or Clock()
+        mismatch = isinstance(robot, SimulatedRobot) and (
+            robot.threaded or robot.clock is not self.clock
+        )
+        if self.clock.virtual and mismatch:
+            raise ValueError(
+                "a virtual clock needs SimulatedRobot(threaded=False, clock=<the same clock>)"
+            )
         horizon, adim = policy.params.horizon, policy.params.action_dim
         s = policy.params.n_action_steps if s_min is None else int(s_min)
         if not 1 <= s <= horizon:
@@ -108,6 +132,8 @@ class RealtimeController:
         self.schedule, self.max_guidance_weight = schedule, float(max_guidance_weight)
         self.warmup, self.join_timeout = warmup, float(join_timeout)
         self.switch_interval = switch_interval
+        self.limits = limits
+        self._monitor: HealthMonitor | None = None
         self.actions: list[np.ndarray] = []
         self.sources: list[tuple[int, int]] = []
         self.telemetry = self._new_telemetry()
@@ -131,18 +157,21 @@ class RealtimeController:
         max_steps: int | None = None,
         handle_signals: bool = True,
     ) -> Telemetry:
-        """Run until ``seconds`` elapse, ``max_steps`` steps ran, :meth:`stop`, a signal or a
-        safe stop; returns the run's :class:`Telemetry` (the first chunk failing raises).
+        """Run until ``seconds`` elapse, ``max_steps`` steps ran, :meth:`stop`, a signal, a
+        safe stop or a health limit passed; returns the run's :class:`Telemetry` (the first
+        chunk failing raises). A run that ended normally is judged against the limits over all
+        its steps too (``ok`` is then False if it passed one).
 
         With ``handle_signals`` and on the main thread, SIGINT/SIGTERM stop the run cleanly;
         the previous handlers are restored afterwards.
         """
         tel = self.telemetry = self._new_telemetry()
         self._board = self._new_board()
+        self.clock.begin()
         self._began.set()
         previous = self._install_signals() if handle_signals else {}
         worker: threading.Thread | None = None
-        started = time.monotonic()
+        started = self.clock.now()
         old_interval = sys.getswitchinterval()
         if self.switch_interval is not None:
             sys.setswitchinterval(self.switch_interval)
@@ -154,8 +183,10 @@ class RealtimeController:
             )
             worker.start()
             self._control_loop(seconds, max_steps)
+            self._judge_run()
         finally:
             self._board.halt()
+            self.clock.release()
             if worker is not None:
                 worker.join(self.join_timeout)
                 tel.leaked_threads = int(worker.is_alive())
@@ -163,7 +194,7 @@ class RealtimeController:
                 signal.signal(sig, handler)
             sys.setswitchinterval(old_interval)
             self.robot.disconnect()
-            tel.duration_s = time.monotonic() - started
+            tel.duration_s = self.clock.now() - started
         return tel
 
     def start(self, seconds: float | None = None, *, max_steps: int | None = None) -> None:
@@ -201,7 +232,9 @@ class RealtimeController:
         self._last_written = None
         self._stop_request = None
         sync = self.executor == "sync"
-        return ChunkBoard(self.s_min, self.delay_buffer, self.period, sync, self.telemetry)
+        return ChunkBoard(
+            self.s_min, self.delay_buffer, self.period, sync, self.telemetry, self.clock
+        )
 
     def _install_signals(self) -> dict[signal.Signals, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -233,29 +266,59 @@ class RealtimeController:
                     rem = np.zeros((self.horizon - self.s_min, adim), np.float32)
                     self._infer(obs, rem, 1, self.s_min)
                 self.policy.reset()
-            t0 = time.monotonic()
+            t0 = self.clock.now()
             chunk = self._infer(obs, np.zeros((0, adim), np.float32), 0, 0)
         except Exception as exc:
             self.telemetry.stop_reason = "inference_error"
             self.telemetry.error = f"{type(exc).__name__}: {exc}"
             raise RuntimeError(f"real-time controller: the first chunk failed: {exc}") from exc
-        self._board.install_first(obs, chunk, time.monotonic() - t0)
+        self._board.install_first(obs, chunk, self.clock.now() - t0)
 
     # ------------------------------------------------------------------ the two loops
     def _inference_loop(self) -> None:
         board = self._board
-        while (snap := board.wait_snapshot()) is not None:
-            try:
-                chunk = self._infer(snap.obs, snap.remainder, snap.delay, snap.executed)
-            except Exception as exc:
-                board.fail(exc)
-                return
-            if not board.deliver(snap, chunk):
-                return
+        try:
+            while (snap := board.wait_snapshot()) is not None:
+                try:
+                    chunk = self._infer(snap.obs, snap.remainder, snap.delay, snap.executed)
+                except Exception as exc:
+                    board.fail(exc)
+                    return
+                if not board.deliver(snap, chunk):
+                    return
+        finally:
+            board.finished()
+
+    def _settle(self) -> None:
+        """Virtual clock only: wait (in real time) until the inference loop has settled."""
+        if not self.clock.virtual:
+            return
+        board, deadline = self._board, time.monotonic() + 60.0
+        with board.cond:
+            while not board.settled(self.clock.now()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "real-time controller (virtual clock): the inference loop did not "
+                        "settle within 60 s of real time (a policy that blocks without "
+                        "clock.sleep?)"
+                    )
+                board.cond.wait(0.002)
+
+    def _judge_run(self) -> None:
+        """A run that ended normally passes the health limits over all its steps, or fails."""
+        tel, monitor = self.telemetry, self._monitor
+        if monitor is None or not tel.ok:
+            return
+        breach = monitor.check(tel, self.clock.now(), final=True)
+        if breach is not None:
+            tel.stop_reason, tel.error, tel.limit = breach
 
     def _control_loop(self, seconds: float | None, max_steps: int | None) -> None:
-        tel, period = self.telemetry, self.period
-        origin = time.monotonic()
+        tel, period, clock = self.telemetry, self.period, self.clock
+        origin = clock.now()
+        monitor = self._monitor = (
+            None if self.limits is None else HealthMonitor(self.limits, self.executor, origin)
+        )
         slot = 0  # the control period the next step belongs to
         while True:
             reason = self._stop_request
@@ -271,13 +334,18 @@ class RealtimeController:
                     tel.stop_reason = reason
                 return
             scheduled = origin + slot * period
-            now = time.monotonic()
+            self._settle()
+            now = clock.now()
             if now < scheduled:
-                time.sleep(scheduled - now)
-                now = time.monotonic()
+                clock.wait_until(scheduled)
+                self._settle()
+                now = clock.now()
             tel.lateness_s.append(now - scheduled)
-            self._tick(now)
-            behind = time.monotonic() - (scheduled + period)
+            fault: Fault | None = None
+            if monitor is not None and (breach := monitor.check(tel, now)) is not None:
+                fault, tel.limit = breach[:2], breach[2]
+            self._tick(now, fault)
+            behind = clock.now() - (scheduled + period)
             slot += 1
             if behind > 0:  # this step ended after the next one was due
                 tel.missed_deadlines += 1
@@ -285,15 +353,15 @@ class RealtimeController:
                 slot += skip
                 tel.skipped_periods += skip
 
-    def _tick(self, now: float) -> None:
-        """One control step: read, check, take the next action (or hold / safe), write."""
+    def _tick(self, now: float, fault: Fault | None = None) -> None:
+        """One control step: read, check, take the next action (or hold / safe), write.
+        ``fault`` (a health limit passed) makes it a safe stop."""
         tel = self.telemetry
-        fault: Fault | None = None
         obs: dict[str, Any] = {}
         try:
             obs = self.robot.read()
         except Exception as exc:
-            fault = ("robot_error", f"robot.read() failed: {type(exc).__name__}: {exc}")
+            fault = fault or ("robot_error", f"robot.read() failed: {type(exc).__name__}: {exc}")
         stamp = obs.get(TIMESTAMP_KEY)
         if fault is None and self.max_obs_age is not None and stamp is not None:
             age = now - float(stamp)

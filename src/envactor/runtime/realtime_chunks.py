@@ -1,6 +1,6 @@
 """The chunk the real-time controller executes, shared by its two loops (the shared state and
-condition variable of REFERENCE.md section 3, Algorithm 1), and the policy call that makes the
-next chunk.
+condition variable of Algorithm 1 of the real-time chunking paper), and the policy call that
+makes the next chunk.
 
 Index i of a chunk snapshotted after control step t0 is the action for step ``t0 + i``: the
 chunk is swapped in at index ``steps now - t0``, so no action runs twice or is skipped.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from envactor.policy.base import Policy, PolicyError
+from envactor.runtime.realtime_clock import Clock
 from envactor.runtime.realtime_telemetry import ChunkRecord, Telemetry
 
 HELD = (-1, -1)
@@ -77,14 +77,19 @@ class ChunkBoard:
     """The current chunk, its read index and the step counter, under one condition variable.
 
     The control loop calls :meth:`take` once per step; the inference loop calls
-    :meth:`wait_snapshot` and then :meth:`deliver` (or :meth:`fail`). Every chunk installed is
-    recorded in ``telemetry.chunks``.
+    :meth:`wait_snapshot` and then :meth:`deliver` (or :meth:`fail`), and :meth:`finished` when
+    it ends. Every chunk installed is recorded in ``telemetry.chunks``. ``inference`` says where
+    the inference loop is (``"starting"``, ``"waiting"`` for a snapshot, ``"busy"`` from a
+    snapshot to its delivery, ``"done"``): a virtual clock's control loop waits on it.
     """
 
     def __init__(
-        self, s_min: int, delay_buffer: int, period: float, sync: bool, telemetry: Telemetry
-    ) -> None:
+        self, s_min: int, delay_buffer: int, period: float, sync: bool, telemetry: Telemetry,
+        clock: Clock | None = None,
+    ) -> None:  # fmt: skip
         self.s_min, self.period, self.sync, self.telemetry = s_min, period, sync, telemetry
+        self.clock = clock or Clock()
+        self.inference = "starting"
         self.cond = threading.Condition()
         self.chunk = np.zeros((0, 0), np.float32)
         self.chunk_no = self.idx = self.steps = 0
@@ -143,12 +148,15 @@ class ChunkBoard:
     def wait_snapshot(self) -> Snapshot | None:
         """Block until ``s_min`` actions of the current chunk ran; None once halted."""
         with self.cond:
+            self.inference = "waiting"
+            self.cond.notify_all()
             while not self.halted and self.idx < self.s_min:
                 self.cond.wait(0.5)
             if self.halted:
                 return None
+            self.inference = "busy"
             d = max(self.delays) if self.delays else 0
-            now = time.monotonic()
+            now = self.clock.now()
             self.inflight_since = now
             remainder = self.chunk[self.idx :].copy()
             return Snapshot(self.obs, remainder, self.idx, self.steps, d, now)
@@ -156,9 +164,10 @@ class ChunkBoard:
     def deliver(self, snap: Snapshot, chunk: np.ndarray) -> bool:
         """Swap ``chunk`` in, skipping what ran since ``snap`` (``sync``: from index 0).
         False when the run is over (the chunk is dropped)."""
-        latency = time.monotonic() - snap.time
+        latency = self.clock.now() - snap.time
         with self.cond:
             self.inflight_since = None
+            self.cond.notify_all()
             if self.halted or self.fault is not None:
                 return False
             self._install(chunk, snap, 0 if self.sync else self.steps - snap.step, latency)
@@ -168,12 +177,32 @@ class ChunkBoard:
         """The policy raised: the control loop takes the safe stop at its next step."""
         with self.cond:
             self.inflight_since = None
+            self.cond.notify_all()
             if self.fault is None:
                 self.fault = ("inference_error", f"{type(exc).__name__}: {exc}")
 
+    def finished(self) -> None:
+        """The inference loop has ended."""
+        with self.cond:
+            self.inference = "done"
+            self.cond.notify_all()
+
+    def settled(self, now: float) -> bool:
+        """True when the inference loop will not change the board before the clock passes
+        ``now``: it has ended, waits for a snapshot that is not due, or sleeps on the clock
+        until later (call with ``cond`` held)."""
+        if self.inference == "done" or self.halted:
+            return True
+        if self.inference == "waiting":
+            return self.idx < self.s_min
+        if self.inference == "busy" and self.inflight_since is not None:
+            return self.clock.asleep_past(now)
+        return False
+
     def _install(self, chunk: np.ndarray, snap: Snapshot, start: int, latency: float) -> None:
         chunks = self.telemetry.chunks
-        measured = math.ceil(latency / self.period)
+        # periods of latency, rounded up; the tolerance makes exactly k periods k, not k + 1
+        measured = max(0, math.ceil(latency / self.period - 1e-6))
         chunks.append(
             ChunkRecord(len(chunks), snap.step, self.steps, start, snap.executed, snap.delay,
                         measured, latency * 1e3)

@@ -7,6 +7,7 @@ its threaded mode).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -16,16 +17,18 @@ import gymnasium as gym
 import numpy as np
 
 from envactor.runtime.env_batch import ObsAdapter, default_obs_adapter
+from envactor.runtime.realtime_clock import Clock
 
 TIMESTAMP_KEY = "timestamp"
-"""Optional key of an observation: ``time.monotonic()`` seconds when it was sensed."""
+"""Optional key of an observation: when it was sensed, in seconds of the controller's clock
+(``time.monotonic()`` unless the controller runs on a virtual clock)."""
 
 
 class Robot(ABC):
     """The hardware side of a real-time controller.
 
     ``read()`` returns the latest observation as ``{"observation.<...>": array}`` plus, when the
-    robot knows it, ``"timestamp"`` (``time.monotonic()`` seconds when it was sensed; the
+    robot knows it, ``"timestamp"`` (the controller clock's seconds when it was sensed; the
     controller's stale-observation check needs it). ``write(action)`` commands one action; the
     robot keeps executing the last command until the next one (zero-order hold).
     ``connect()``/``disconnect()`` bracket one controller run (default: nothing to do).
@@ -79,6 +82,9 @@ class SimulatedRobot(Robot):
         seed: seed of the first reset (later resets continue the env's generator).
         obs_adapter: env observation -> ``{"observation.*": array}`` (default: an array becomes
             ``observation.state``).
+        clock: where timestamps come from (default: the wall clock); give a controller with a
+            :class:`~envactor.runtime.realtime_clock.VirtualClock` the same clock
+            (``threaded=False`` only).
     """
 
     def __init__(
@@ -90,13 +96,17 @@ class SimulatedRobot(Robot):
         seed: int | None = 0,
         obs_adapter: ObsAdapter | None = None,
         reset_on_done: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(env.action_space, gym.spaces.Box):
             raise TypeError(
                 f"SimulatedRobot needs a gymnasium Box action space, got {env.action_space!r}"
             )
-        if hz <= 0:
-            raise ValueError(f"hz must be > 0, got {hz}")
+        if isinstance(hz, bool) or not (math.isfinite(hz) and hz > 0):
+            raise ValueError(f"hz must be a finite number > 0, got {hz!r}")
+        self.clock = clock or Clock()
+        if threaded and self.clock.virtual:
+            raise ValueError("a threaded SimulatedRobot runs on the wall clock, not a virtual one")
         self.env = env
         self.hz = float(hz)
         self.threaded = threaded
@@ -115,12 +125,12 @@ class SimulatedRobot(Robot):
         self._thread: threading.Thread | None = None
         obs, _ = env.reset(seed=seed)
         self._obs = self.adapt(obs)
-        self._stamp = time.monotonic()
+        self._stamp = self.clock.now()
 
     # ------------------------------------------------------------------ Robot
     def read(self) -> dict[str, Any]:
         with self._lock:
-            stamp = self._stamp if self.threaded else time.monotonic()
+            stamp = self._stamp if self.threaded else self.clock.now()
             return {**self._obs, TIMESTAMP_KEY: stamp}
 
     def write(self, action: np.ndarray) -> None:
@@ -156,7 +166,7 @@ class SimulatedRobot(Robot):
         if self._done:
             return
         obs, reward, term, trunc, _ = self.env.step(a)
-        now = time.monotonic()
+        now = self.clock.now()
         self._return += float(reward)
         adapted = self.adapt(obs)
         if term or trunc:

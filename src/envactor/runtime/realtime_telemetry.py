@@ -87,10 +87,14 @@ class Telemetry:
     stop_reason: str = "not_started"
     error: str | None = None
     leaked_threads: int = 0
+    limit: dict[str, Any] | None = None
+    """The health limit the run passed: ``{"limit", "measured", "threshold"}`` (see
+    :class:`~envactor.runtime.realtime_health.HealthLimits`), else None."""
 
     @property
     def ok(self) -> bool:
-        """True when the run ended for a normal reason (not a safe stop)."""
+        """True when the run ended for a normal reason (not a safe stop, no health limit
+        passed)."""
         return self.stop_reason in NORMAL_STOPS or self.stop_reason.startswith("signal:")
 
     @property
@@ -132,6 +136,7 @@ class Telemetry:
             "stop_reason": self.stop_reason,
             "error": self.error,
             "leaked_threads": self.leaked_threads,
+            "limit": self.limit,
             "ok": self.ok,
         }
 
@@ -159,6 +164,7 @@ class Telemetry:
             ("chunk switches", str(self.chunk_switches)),
             ("delay forecast / actual", f"{fmean} / {amean} ({delay['underestimated']} under)"),
             ("held steps", f"{self.held_steps} ({self.missed_chunks} missed chunks)"),
+            ("held fraction", f"{self.held_steps / self.steps:.1%}" if self.steps else "-"),
             ("clipped / slew-limited", f"{self.clipped_steps} / {self.slew_limited_steps}"),
             ("stop reason", self.stop_reason + (f": {self.error}" if self.error else "")),
         ]

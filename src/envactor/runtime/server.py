@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import hmac
 import itertools
 import logging
@@ -341,6 +342,12 @@ def run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve(ready))
+    except OSError as exc:  # binding: busy port, unknown host, no permission
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise OSError(
+            f"cannot listen on {args.host}:{args.port}: {reason or exc} (choose another --port)"
+        ) from exc
     return 0

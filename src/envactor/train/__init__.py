@@ -1,7 +1,9 @@
 """Learn mode: train a policy on a demonstration dataset, with resumable checkpoints.
 
 ``train(policy_or_yaml, dataset_root, out_dir=..., steps=...)`` is the entry point;
-``add_train_args``/``run_train`` are the ``envactor train`` command.
+``add_train_args``/``run_train`` are the ``envactor train`` command. A registered policy name
+trained on a dataset takes its input features (cameras included) and action dimension from it
+(``envactor.train.from_dataset``).
 """
 
 from envactor.train.cli import add_train_args, run_train
@@ -12,6 +14,7 @@ from envactor.train.loop import (
     check_dataset,
     lr_at,
     norm_modes,
+    stats_summary,
     train,
 )
 from envactor.train.state import (
@@ -34,5 +37,6 @@ __all__ = [
     "lr_at",
     "norm_modes",
     "run_train",
+    "stats_summary",
     "train",
 ]

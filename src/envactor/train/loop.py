@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from envactor.data import ChunkWindows, DatasetError, EpisodeDataset, dataset_stats
+from envactor.data import ChunkWindows, DatasetError
+from envactor.data.open import Dataset, open_dataset
+from envactor.data.stats import training_stats
 from envactor.normalize import NormMode
 from envactor.policy import Policy, build_policy
+from envactor.train.from_dataset import dataset_overrides
 from envactor.train.state import (
     CHECKPOINTS_DIR,
     POLICY_DIR,
@@ -40,6 +45,7 @@ __all__ = [
     "check_dataset",
     "lr_at",
     "norm_modes",
+    "stats_summary",
     "train",
 ]
 
@@ -96,6 +102,12 @@ class TrainResult:
     log_path: Path
     losses: list[float] = field(default_factory=list)  # per step of this call
     samples_per_s: float = 0.0  # over this call's steps, excluding checkpoint writes
+    final_loss: float | None = None
+    """The loss of the last ``train_log.jsonl`` record of this call: the mean over its last
+    logging window (``log_every`` steps), the number the progress bar and the log show."""
+    stats_sources: dict[str, str] = field(default_factory=dict)
+    """Per normalized key, where its stats came from: ``meta/stats.json``, ``computed from the
+    data``, ``no stats needed`` (identity, image) or ``checkpoint`` (resume, keep_normalizer)."""
 
 
 def norm_modes(policy: Policy) -> dict[str, NormMode]:
@@ -105,27 +117,43 @@ def norm_modes(policy: Policy) -> dict[str, NormMode]:
     return modes
 
 
-def check_dataset(policy: Policy, dataset: EpisodeDataset) -> None:
+def check_dataset(policy: Policy, dataset: Dataset) -> None:
     """Every declared input and the action exist in ``dataset`` with the policy's shapes."""
     where = dataset.info_path
+    hint = (
+        "the policy's config gives its input features; match them to the dataset, or train a "
+        "registered policy name, which takes them from the dataset"
+    )
     for key, spec in policy.input_features.items():
         feat = dataset.features.get(key)
         if feat is None:
             raise DatasetError(
                 f"{where}: policy {policy.name!r} needs observation {key!r}; the dataset has "
-                f"{dataset.data_keys}"
+                f"{dataset.data_keys} ({hint})"
             )
         if feat.shape != spec.shape or (spec.dtype == "uint8") != (feat.dtype == "uint8"):
             raise DatasetError(
                 f"{where}: {key!r} is shape {list(feat.shape)} {feat.dtype}; policy "
-                f"{policy.name!r} expects shape {list(spec.shape)} {spec.dtype}"
+                f"{policy.name!r} expects shape {list(spec.shape)} {spec.dtype} "
+                f"(policy.params.input_features; {hint})"
             )
+    action = dataset.features.get("action")
     want = (policy.params.action_dim,)
-    if dataset.features["action"].shape != want:
+    if action is None or action.shape != want:
+        found = "missing" if action is None else f"shape {list(action.shape)}"
         raise DatasetError(
-            f"{where}: 'action' is shape {list(dataset.features['action'].shape)}; policy "
-            f"{policy.name!r} expects {list(want)} (action_dim)"
+            f"{where}: 'action' is {found}; policy {policy.name!r} expects {list(want)} "
+            "(policy.params.action_dim)"
         )
+
+
+def _stats_record(modes: Mapping[str, NormMode], sources: Mapping[str, str]) -> dict[str, Any]:
+    return {k: {"mode": modes[k], "stats": sources[k]} for k in modes if k in sources}
+
+
+def stats_summary(modes: Mapping[str, NormMode], sources: Mapping[str, str]) -> str:
+    """One line: each key's normalization mode and where its stats came from."""
+    return "; ".join(f"{k} {modes[k]} ({sources[k]})" for k in modes if k in sources)
 
 
 def _step(line: str) -> float:
@@ -156,13 +184,15 @@ class _Log:
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
 
-    def write(self, step: int, lr: float, batch_size: int) -> dict[str, float]:
+    def write(
+        self, step: int, lr: float, batch_size: int, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
         now = time.perf_counter()
         record: dict[str, float] = {"step": step}
         record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
         record["lr"] = lr
         record["samples_per_s"] = self._count * batch_size / max(now - self._t0, 1e-9)
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps({**record, **(extra or {})}) + "\n")
         self._file.flush()
         self._sums, self._count, self._t0 = {}, 0, now
         return record
@@ -171,25 +201,30 @@ class _Log:
         self._file.close()
 
 
-def _build(source: Policy | str | Path, device: str, overrides: Sequence[str]) -> Policy:
+def _build(
+    source: Policy | str | Path, device: str, overrides: Sequence[str], dataset: Dataset
+) -> Policy:
     if isinstance(source, Policy):
         if overrides:
             raise TrainError("overrides apply to a policy YAML or name, not to a built Policy")
         return source.to(device)
-    return build_policy(source, device=device, overrides=overrides)
+    fitted = [*dataset_overrides(source, overrides, dataset), *overrides]
+    return build_policy(source, device=device, overrides=fitted)
 
 
 def _resume_point(out: Path, resume: bool) -> Path | None:
     if resume:
         found = latest_checkpoint(out)
         if found is None:
-            raise TrainError(f"resume=True but {out / CHECKPOINTS_DIR} holds no step_* checkpoint")
+            raise TrainError(
+                f"resume=True but {out / CHECKPOINTS_DIR} holds no step_* checkpoint to resume from"
+            )
         return found
     existing = list_checkpoints(out)
     if existing:
         raise TrainError(
             f"{out / CHECKPOINTS_DIR} already holds checkpoints ({existing[-1].name}, ...); "
-            "pass resume=True (--resume) to continue that run, or choose another out_dir"
+            "pass resume=True to continue that run, or choose another out_dir"
         )
     return None
 
@@ -212,7 +247,7 @@ def _warn_if_changed(state: TrainerState, cfg: TrainConfig) -> None:
 
 def train(
     policy_or_yaml: Policy | str | Path,
-    dataset_root: str | Path | EpisodeDataset,
+    dataset_root: str | Path | Dataset,
     *,
     out_dir: str | Path,
     steps: int = 10_000,
@@ -234,8 +269,12 @@ def train(
     """Train a policy on a dataset's chunk windows; see docs/training.md.
 
     ``policy_or_yaml`` is a built ``Policy``, a policy YAML, a registered name or a checkpoint
-    directory (fine-tuning). Normalizer stats are computed from the dataset (unless
-    ``keep_normalizer``) and travel in every checkpoint. EMA is on when the policy's
+    directory (fine-tuning). A registered name takes its input features (cameras included) and
+    action dimension from the dataset unless ``overrides`` give them, and its encoder is sized
+    for them; a YAML or a checkpoint gives its own, checked against the dataset. Normalizer
+    stats come from the dataset's ``meta/stats.json`` where it has the ones a key's mode needs,
+    else are computed from the data (unless ``keep_normalizer``); the first log record says
+    which, and they travel in every checkpoint. EMA is on when the policy's
     ``ema_decay`` param is set. ``resume`` continues from ``out_dir/checkpoints/last`` and, on
     CPU with the same settings, reproduces an uninterrupted run exactly. ``stop_at`` ends this
     call after that step (with a checkpoint) while the schedule still spans ``steps``.
@@ -247,8 +286,9 @@ def train(
         raise ValueError(f"stop_at must be >= 1, got {stop_at}")
     out = Path(out_dir)
     resume_dir = _resume_point(out, resume)
+    dataset = open_dataset(dataset_root)
     torch.manual_seed(cfg.seed)  # before building: initial weights depend on the seed
-    policy = _build(policy_or_yaml, device, overrides)
+    policy = _build(policy_or_yaml, device, overrides, dataset)
     if not policy.trainable:
         raise TrainError(f"policy {policy.name!r} is not trainable (no _loss)")
     if not policy.config:
@@ -256,18 +296,20 @@ def train(
             f"policy {policy.name!r} has no resolved config, so no checkpoint could be saved; "
             "build it with build_policy() or pass its YAML"
         )
-    dataset = (
-        dataset_root if isinstance(dataset_root, EpisodeDataset) else EpisodeDataset(dataset_root)
-    )
     check_dataset(policy, dataset)
     state = load_trainer_state(resume_dir) if resume_dir is not None else None
+    modes = norm_modes(policy)
+    sources = dict.fromkeys(modes, "checkpoint")
     if state is not None:
         _warn_if_changed(state, cfg)
         if state.normalizer is None:
             raise TrainError(f"{state.path / POLICY_DIR}: checkpoint has no normalizer stats")
         policy.normalizer = state.normalizer
     elif not (keep_normalizer and policy.normalizer is not None):
-        policy.normalizer = dataset_stats(dataset, norm_modes(policy))
+        policy.normalizer, sources = training_stats(dataset, modes)
+    summary = stats_summary(modes, sources)
+    if progress:
+        print(f"normalizer: {summary}", file=sys.stderr)
     windows = ChunkWindows(dataset, policy.params.horizon, list(policy.input_features))
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
@@ -287,6 +329,7 @@ def train(
     log = _Log(out / LOG_FILE, start)
     ckpt = state.path if state is not None else None
     losses: list[float] = []
+    last_record: dict[str, float] | None = None
     busy = 0.0
     from tqdm.auto import tqdm
 
@@ -314,7 +357,10 @@ def train(
             log.add(stats)
             done = step + 1
             if done % cfg.log_every == 0 or done == end:
-                rec = log.write(done, lr_now, cfg.batch_size)
+                # the call's first record says where the normalizer stats came from
+                first = last_record is None
+                extra = {"normalizer": _stats_record(modes, sources)} if first else None
+                rec = last_record = log.write(done, lr_now, cfg.batch_size, extra)
                 bar.set_postfix(
                     loss=f"{rec['loss']:.4g}",
                     samples_s=f"{rec['samples_per_s']:.0f}",
@@ -329,4 +375,7 @@ def train(
     if ckpt is None:  # nothing to do: resumed at or past the end
         raise TrainError(f"{out}: no checkpoint written")
     sps = len(losses) * cfg.batch_size / busy if busy > 0 else 0.0
-    return TrainResult(policy, out, max(end, start), ckpt / POLICY_DIR, out / LOG_FILE, losses, sps)
+    final = None if last_record is None else float(last_record["loss"])
+    return TrainResult(
+        policy, out, max(end, start), ckpt / POLICY_DIR, out / LOG_FILE, losses, sps, final, sources
+    )

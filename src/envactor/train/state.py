@@ -9,16 +9,17 @@
 
 The optimizer state dict is flattened: tensor entries become ``optim/<param index>/<name>``
 tensors, everything else (param groups, non-tensor state) goes to JSON. Each step directory is
-written under a temporary name and renamed into place; ``last`` is replaced atomically after.
+written under a temporary name (``envactor.fsio.make_temp_dir``) and renamed into place; ``last``
+is replaced atomically after. Temporaries of killed saves are removed by the next save once their
+writer is provably dead. ``build_policy`` / ``load_checkpoint`` accept a step directory and
+``checkpoints/last`` (the layout constants live in ``envactor.checkpoint``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from envactor.checkpoint import RUN_CHECKPOINTS_DIR, RUN_LAST_FILE, STEP_DIR, STEP_POLICY_DIR
+from envactor.fsio import clean_stale_temps, make_temp_dir
 from envactor.fsio import fsync_path as _fsync
 from envactor.fsio import write_text as _write_text
 from envactor.normalize import Normalizer
@@ -49,13 +52,13 @@ __all__ = [
     "save_training_checkpoint",
 ]
 
-CHECKPOINTS_DIR = "checkpoints"
-LAST_FILE = "last"
-POLICY_DIR = "policy"
+CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
+LAST_FILE = RUN_LAST_FILE
+POLICY_DIR = STEP_POLICY_DIR
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 FORMAT = 1
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_DIR = STEP_DIR
 
 
 class TrainError(RuntimeError):
@@ -106,7 +109,8 @@ def save_training_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     target = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    clean_stale_temps(root)
+    tmp = make_temp_dir(target)
     try:
         save_policy(policy, tmp / POLICY_DIR, step=step)
         tensors, meta = _state_payload(policy, optimizer, rng)

@@ -4,6 +4,7 @@ from ._common import Activation, make_activation
 from .conv import ConvImageEncoder
 from .flow import FlowVelocityMLP
 from .mlp import MLP
+from .observation import ObservationEncoder
 from .time_embedding import SinusoidalTimeEmbedding
 from .transformer import ChunkTransformer, TransformerEncoder
 
@@ -13,6 +14,7 @@ __all__ = [
     "ConvImageEncoder",
     "FlowVelocityMLP",
     "MLP",
+    "ObservationEncoder",
     "SinusoidalTimeEmbedding",
     "TransformerEncoder",
     "make_activation",

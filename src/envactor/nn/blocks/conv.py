@@ -35,8 +35,9 @@ class SpatialSoftmax(nn.Module):
 class ConvImageEncoder(nn.Module):
     """``Conv(stride) -> activation`` per entry of ``channels``, a pooling, then ``Linear``.
 
-    Input pixels are floats in ``[0, 1]`` (``uint8`` images are divided by 255 first) and are
-    mapped to ``[-1, 1]`` inside.
+    Input pixels are floats in ``[0, 1]``, mapped to ``[-1, 1]`` inside. uint8 pixels are refused:
+    a policy declares its cameras with ``norm: image`` and its boundary divides by 255, the one
+    place that does (see ``observation_encoder``).
 
     Args:
         in_channels: image channels ``C``.
@@ -51,7 +52,7 @@ class ConvImageEncoder(nn.Module):
     """
 
     shapes: ClassVar[dict[str, str]] = {
-        "image": "(B, C, H, W) float in [0, 1] or uint8",
+        "image": "(B, C, H, W) float in [0, 1]",
         "return": "(B, out_dim)",
     }
 
@@ -94,6 +95,13 @@ class ConvImageEncoder(nn.Module):
         if pooling == "avg":
             self.pool, n_feats = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), c_in
         elif pooling == "spatial_softmax":
+            if h * w == 1:
+                raise ValueError(
+                    f"pooling 'spatial_softmax' needs a feature map of more than one position; "
+                    f"{len(channels)} conv stage(s) of stride {stride} reduce "
+                    f"{self.image_size[0]}x{self.image_size[1]} to 1x1 (use fewer stages, a "
+                    "smaller stride or pooling 'avg')"
+                )
             self.pool, n_feats = SpatialSoftmax(h, w), 2 * c_in
         else:
             raise ValueError(f"pooling must be 'avg' or 'spatial_softmax', got {pooling!r}")
@@ -107,7 +115,10 @@ class ConvImageEncoder(nn.Module):
                 "conv_image_encoder: expected image of shape "
                 f"(B, {', '.join(map(str, expected))}), got {tuple(image.shape)}"
             )
-        if image.dtype == torch.uint8:
-            image = image.to(self.head.weight.dtype) / 255.0
+        if not image.is_floating_point():
+            raise ValueError(
+                f"conv_image_encoder: expected float pixels in [0, 1], got {image.dtype} (declare "
+                "the camera with norm 'image': the policy boundary divides uint8 pixels by 255)"
+            )
         out: torch.Tensor = self.head(self.pool(self.convs(image * 2.0 - 1.0)))
         return out

@@ -2,9 +2,11 @@
 
 One executor instance serves many envs and keeps its state per env id. Every ``act`` call is one
 control step: envs whose chunk is due ask for a new one and exactly those envs go to the policy
-in ONE batched call (envs that reset at different times replan at different times).
+in ONE batched call (envs that reset at different times replan at different times). For a policy
+with observation history (``n_obs_steps > 1``) the other envs' observations go to
+``policy.observe`` in one batched call, so each env's history holds every step.
 
-Simulated inference delay (REFERENCE.md section 1, d): a chunk requested at local step t from
+Simulated inference delay (d in docs/chunking.md's notation): a chunk requested at local step t from
 the observation at t becomes usable at step t + d, and the env keeps stepping meanwhile (what
 it executes while waiting is the strategy's business). The first chunk of an episode is
 available at once: a robot waits at rest for its first plan; the delay applies to every replan.
@@ -91,6 +93,7 @@ class ChunkExecutor:
         self.explore = explore
         self._envs: dict[EnvId, EnvState] = {}
         self.before_request: Callable[[], None] | None = None
+        self._observes = getattr(policy, "n_obs_steps", 1) > 1
 
     # ------------------------------------------------------------------ public
     def act(self, obs: Mapping[EnvId, Mapping[str, Any]]) -> dict[EnvId, np.ndarray]:
@@ -99,6 +102,11 @@ class ChunkExecutor:
         for st in states.values():
             self._deliver(st)
         asking = [e for e, st in states.items() if self._wants(st)]
+        if self._observes and len(asking) < len(states):
+            replanning = set(asking)
+            quiet = [e for e in states if e not in replanning]
+            ids, batch = stack_observations({e: obs[e] for e in quiet}, self._keys())
+            self.policy.observe(batch, env_ids=ids)
         if asking:
             if self.before_request is not None:
                 self.before_request()
@@ -156,8 +164,11 @@ class ChunkExecutor:
         states: Mapping[EnvId, EnvState],
     ) -> np.ndarray:
         """One batched policy call for ``env_ids``; returns their chunks ``(B, H, A)``."""
-        ids, batch = stack_observations(obs, list(self.policy.input_features))
+        ids, batch = stack_observations(obs, self._keys())
         return self.policy.predict(batch, env_ids=ids, explore=self.explore)
+
+    def _keys(self) -> list[str]:
+        return list(self.policy.input_features)
 
     def _deliver(self, st: EnvState) -> None:
         """Install pending chunks whose time has come (default: newest wins, stale skipped)."""

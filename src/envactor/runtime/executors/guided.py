@@ -88,9 +88,10 @@ class RTCIdentityExecutor(_GuidedExecutor):
 
 @EXECUTORS.register("rtc_trained")
 class RTCTrainedExecutor(_GuidedExecutor):
-    """Training-time RTC (REFERENCE.md section 3, end): the policy was trained with clean prefixes
-    and samples the new chunk with the d committed actions written in (``prefix_inference``; the
-    ``flow`` policy with ``prefix_max_delay > 0``). No guidance, no backward pass."""
+    """Training-time RTC (Black et al., arXiv 2512.05964; docs/chunking.md): the policy was
+    trained with clean prefixes and samples the new chunk with the d committed actions written in
+    (``prefix_inference``; the ``flow`` policy with ``prefix_max_delay > 0``). No guidance, no
+    backward pass."""
 
     name = "rtc_trained"
 

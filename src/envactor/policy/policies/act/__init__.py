@@ -3,7 +3,7 @@
 Components:
 
 - ``encoder``: observation features -> ``cond`` (an ``mlp`` over the concatenated, flattened
-  features by default);
+  features by default; an ``observation_encoder`` for cameras: a conv encoder per camera);
 - ``decoder``: ``chunk_transformer``, ``horizon`` learned queries cross-attending to tokens made
   from ``cond`` -> ``(B, H, A)``.
 
@@ -26,7 +26,12 @@ from torch import nn
 
 from envactor.normalize import Normalizer
 from envactor.policy.base import EnvIds, Policy
-from envactor.policy.features import check_encoder_head, flat_observation, gaussian_explore
+from envactor.policy.features import (
+    check_encoder_head,
+    encode_observation,
+    gaussian_explore,
+    reads_observation_dict,
+)
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -52,9 +57,11 @@ class ACTPolicy(Policy):
     ) -> None:
         super().__init__(components, normalizer, **params)
         check_encoder_head(self, "decoder")
+        self._reads_dict = reads_observation_dict(self.components["encoder"])
 
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
-        cond = self.components["encoder"](flat_observation(obs, list(self.input_features)))
+        encoder = self.components["encoder"]
+        cond = encode_observation(encoder, obs, list(self.input_features), self._reads_dict)
         chunk: torch.Tensor = self.components["decoder"](cond)
         return chunk
 

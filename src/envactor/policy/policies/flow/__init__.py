@@ -1,11 +1,11 @@
 """Flow-matching action-chunk policy with true real-time-chunking guidance.
 
-Convention (REFERENCE.md section 1): flow time ``tau`` runs from 0 (noise) to 1 (data),
+Convention (docs/chunking.md): flow time ``tau`` runs from 0 (noise) to 1 (data),
 ``x_tau = tau * x1 + (1 - tau) * x0`` with ``x0 ~ N(0, I)``, and the network regresses the
 velocity ``x1 - x0``. Components:
 
 - ``encoder``: observation features -> ``cond`` (an ``mlp`` over the concatenated, flattened
-  features by default);
+  features by default; an ``observation_encoder`` for cameras: a conv encoder per camera);
 - ``velocity``: ``flow_velocity_mlp``, ``v(x (B, H, A), tau, cond) -> (B, H, A)``.
 
 Training time is drawn from ``tau = tau_max * Beta(a, b)`` (default ``a=1, b=1.5``: pi0's
@@ -35,8 +35,9 @@ from envactor.policy.boundary import to_numpy
 from envactor.policy.features import (
     check_encoder_head,
     edge_fill,
-    flat_observation,
+    encode_observation,
     gaussian_explore,
+    reads_observation_dict,
 )
 from envactor.policy.policies.flow.prefix import prefix_mask, sample_delays
 from envactor.policy.prefix import build_prefix
@@ -92,6 +93,7 @@ class FlowPolicy(Policy):
     ) -> None:
         super().__init__(components, normalizer, **params)
         check_encoder_head(self, "velocity")
+        self._reads_dict = reads_observation_dict(self.components["encoder"])
         if self._flow.prefix_max_delay and not getattr(
             self.components["velocity"], "token_time", 0
         ):
@@ -108,10 +110,8 @@ class FlowPolicy(Policy):
         return cast(FlowParams, self.params)
 
     def _cond(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        cond: torch.Tensor = self.components["encoder"](
-            flat_observation(obs, list(self.input_features))
-        )
-        return cond
+        encoder = self.components["encoder"]
+        return encode_observation(encoder, obs, list(self.input_features), self._reads_dict)
 
     def _velocity_fn(self, cond: torch.Tensor, committed: torch.Tensor | None = None) -> Any:
         """``v(x, tau)``; ``committed`` (B, H) bool marks clean prefix tokens (flow time 1)."""

@@ -1,0 +1,496 @@
+"""Write LeRobot v3.0 datasets: many episodes per Parquet and MP4 file, metadata, stats.
+
+``LeRobotWriter(root, features, fps)`` takes whole episodes (``{key: (T, ...) array}``) and writes
+
+    meta/info.json, meta/stats.json, meta/tasks.parquet, meta/episodes/chunk-000/file-000.parquet
+    data/chunk-XXX/file-YYY.parquet            numeric columns, one row group per episode
+    videos/<camera>/chunk-XXX/file-YYY.mp4     camera features, H.264, episodes back to back
+
+into a hidden temporary sibling of ``root`` that ``close()`` renames into place, so a crash or an
+exception never leaves a half-written dataset (and an existing ``root`` is only replaced with
+``overwrite=True``). LeRobot's own ``LeRobotDataset(repo_id, root=...)`` opens the result.
+
+A camera feature is declared with dtype ``"video"`` (or as ``uint8`` of shape ``(H, W, 3)``
+named ``observation.image`` or ``observation.images.<camera>``) and is given as
+``uint8 (T, H, W, 3)`` RGB frames. Numeric values must be finite and fit their column's dtype
+(keys in ``nan_ok`` may hold NaN: "not recorded"); stats skip NaN rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from envactor.data.format import (
+    CODEBASE_VERSION,
+    DatasetError,
+    Feature,
+    envactor_version,
+    require_pyarrow,
+)
+from envactor.data.video import DEFAULT_CODEC, VideoEncoder
+from envactor.fsio import clean_stale_temps, fsync_path, make_temp_dir, write_text
+from envactor.values import dim_label, first_bad_value
+
+__all__ = ["LeRobotWriter"]
+
+CHUNKS_SIZE = 1000
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+INDEX_FEATURES = {
+    "timestamp": Feature((), "float32"),
+    "frame_index": Feature((), "int64"),
+    "episode_index": Feature((), "int64"),
+    "index": Feature((), "int64"),
+    "task_index": Feature((), "int64"),
+}
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+
+
+def is_camera(key: str, spec: Any) -> bool:
+    """Whether feature ``key`` is stored as video: dtype ``video``/``image``, or ``uint8``
+    ``(H, W, 3)`` named ``observation.image`` or ``observation.images.<camera>``."""
+    dtype = spec.get("dtype") if isinstance(spec, Mapping) else getattr(spec, "dtype", None)
+    shape = spec.get("shape") if isinstance(spec, Mapping) else getattr(spec, "shape", None)
+    if dtype in ("video", "image"):
+        return True
+    return (
+        (key == "observation.image" or key.startswith("observation.images."))
+        and str(dtype) == "uint8"
+        and len(tuple(shape or ())) == 3
+        and tuple(shape or ())[-1] == 3
+    )
+
+
+def _file_location(n: int) -> tuple[int, int]:
+    return n // CHUNKS_SIZE, n % CHUNKS_SIZE
+
+
+class _Rolling:
+    """The current file of one stream (data or one camera) and when to start the next."""
+
+    def __init__(self, limit_mb: float) -> None:
+        self.limit = limit_mb * 1e6
+        self.count = 0  # files started
+        self.path: Path | None = None
+
+    def location(self) -> tuple[int, int]:
+        return _file_location(self.count - 1)
+
+    def full(self) -> bool:
+        return self.path is None or (self.path.exists() and self.path.stat().st_size > self.limit)
+
+
+class LeRobotWriter:
+    """Write episodes as a LeRobot v3.0 dataset at ``root``; ``close()`` publishes it."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        features: Mapping[str, Any],
+        fps: int,
+        *,
+        task: str = "",
+        robot_type: str | None = None,
+        overwrite: bool = False,
+        codec: str = DEFAULT_CODEC,
+        data_file_mb: float = 100.0,
+        video_file_mb: float = 200.0,
+        nan_ok: tuple[str, ...] = (),
+    ) -> None:
+        pa = require_pyarrow()
+        self.root = Path(root)
+        self.overwrite = overwrite
+        self._check_target()
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0:
+            raise DatasetError(f"{self.root}: fps must be a positive number, got {fps!r}")
+        if float(fps) != int(fps):
+            raise DatasetError(f"{self.root}: LeRobot datasets need an integer fps, got {fps}")
+        self.fps = int(fps)
+        self.cameras: dict[str, Feature] = {}
+        self.features: dict[str, Feature] = {}
+        for key, spec in features.items():
+            if key in INDEX_FEATURES:
+                raise DatasetError(f"features[{key!r}] is written by the writer; remove it")
+            if is_camera(key, spec):
+                shape = spec["shape"] if isinstance(spec, Mapping) else spec.shape
+                self.cameras[key] = Feature.of({"shape": shape, "dtype": "uint8"}, key)
+            else:
+                self.features[key] = Feature.of(spec, f"features[{key!r}]")
+        if "action" not in self.features:
+            raise DatasetError(f"features must include 'action'; got {sorted(features)}")
+        self.task, self.robot_type, self.codec = task, robot_type, codec
+        self.nan_ok: set[str] = set(nan_ok)
+        self.tasks: dict[str, int] = {}
+        self.episodes: list[dict[str, Any]] = []
+        self.num_frames = 0
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(self.root.parent)
+        self._tmp: Path | None = make_temp_dir(self.root)
+        self._data = _Rolling(data_file_mb)
+        self._parquet: Any = None
+        self._schema = pa.schema(
+            [(k, _stored(f).arrow_type()) for k, f in {**self.features, **INDEX_FEATURES}.items()]
+        )
+        self._video = {k: _Rolling(video_file_mb) for k in self.cameras}
+        self._encoders: dict[str, VideoEncoder] = {}
+        self._stats = _Stats()
+
+    def _check_target(self) -> None:
+        if self.root.exists() and not self.overwrite:
+            raise DatasetError(f"{self.root}: already exists (use --overwrite to replace it)")
+
+    # ---------------------------------------------------------------- episodes
+    def add_episode(self, episode: Mapping[str, Any], *, task: str | None = None) -> int:
+        """Write one episode ``{key: (T, ...) array}``; returns its episode index."""
+        if self._tmp is None:
+            raise DatasetError(f"{self.root}: writer is closed")
+        index = len(self.episodes)
+        where = f"episode {index}"
+        declared = {**self.features, **self.cameras}
+        unknown = sorted(set(episode) - set(declared))
+        missing = sorted(set(declared) - set(episode))
+        if unknown or missing:
+            raise DatasetError(
+                f"{where}: keys must be {sorted(declared)}; unknown {unknown}, missing {missing}"
+            )
+        arrays = {
+            k: self._checked(where, k, np.asarray(v), declared[k]) for k, v in episode.items()
+        }
+        lengths = {k: v.shape[0] for k, v in arrays.items()}
+        n = next(iter(lengths.values()))
+        if len(set(lengths.values())) != 1 or n == 0:
+            raise DatasetError(
+                f"{where}: every key needs the same number T > 0 of frames: {lengths}"
+            )
+        text = self.task if task is None else task
+        task_index = self.tasks.setdefault(text, len(self.tasks))
+        frame = np.arange(n, dtype=np.int64)
+        arrays["timestamp"] = (frame / self.fps).astype(np.float32)
+        arrays["frame_index"] = frame
+        arrays["episode_index"] = np.full(n, index, dtype=np.int64)
+        arrays["index"] = frame + self.num_frames
+        arrays["task_index"] = np.full(n, task_index, dtype=np.int64)
+        self._stats.update(arrays, self.cameras)
+        meta: dict[str, Any] = {
+            "episode_index": index,
+            "tasks": [text],
+            "length": n,
+            "dataset_from_index": self.num_frames,
+            "dataset_to_index": self.num_frames + n,
+        }
+        meta.update(self._write_rows(arrays))
+        for key in self.cameras:
+            meta.update(self._write_frames(key, arrays[key]))
+        meta["meta/episodes/chunk_index"], meta["meta/episodes/file_index"] = 0, 0
+        self.episodes.append(meta)
+        self.num_frames += n
+        return index
+
+    def _checked(self, where: str, key: str, arr: np.ndarray, feat: Feature) -> np.ndarray:
+        if arr.ndim != 1 + len(feat.shape) or tuple(arr.shape[1:]) != feat.shape:
+            raise DatasetError(
+                f"{where}: {key!r} expected shape (T, {', '.join(map(str, feat.shape))}), "
+                f"got {arr.shape}"
+            )
+        want = np.dtype(feat.dtype)
+        if not np.can_cast(arr.dtype, want, casting="same_kind"):
+            raise DatasetError(f"{where}: {key!r} expected dtype {want}, got {arr.dtype}")
+        if key in self.cameras:
+            return arr.astype(want, copy=False)
+        bad = first_bad_value(arr, allow_nan=key in self.nan_ok)
+        if bad is not None:
+            raise DatasetError(
+                f"{self.root}: {where}, frame {bad.row}: key {key!r}{bad.dim}: {bad.expected()}"
+            )
+        with np.errstate(over="ignore"):
+            out = arr.astype(want, copy=False)
+        if want == np.float16 and np.isinf(out).any():
+            pos = np.unravel_index(int(np.argmax(np.isinf(out))), out.shape)
+            raise DatasetError(
+                f"{self.root}: {where}, frame {pos[0]}: key {key!r}"
+                f"{dim_label(tuple(int(i) for i in pos[1:]))}: expected |x| <= 65504 for a "
+                f"float16 column, found {float(arr[pos])!r}"
+            )
+        return out
+
+    def _write_rows(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        pa = require_pyarrow()
+        assert self._tmp is not None
+        if self._data.full():
+            if self._parquet is not None:
+                self._parquet.close()
+            self._data.count += 1
+            chunk, file = self._data.location()
+            self._data.path = self._tmp / DATA_PATH.format(chunk_index=chunk, file_index=file)
+            self._data.path.parent.mkdir(parents=True, exist_ok=True)
+            self._parquet = pa.parquet.ParquetWriter(
+                self._data.path, self._schema, write_page_checksum=True
+            )
+        feats = {**self.features, **INDEX_FEATURES}
+        columns = [_to_arrow(arrays[k], _stored(feats[k])) for k in feats]
+        self._parquet.write_table(pa.Table.from_arrays(columns, schema=self._schema))
+        chunk, file = self._data.location()
+        return {"data/chunk_index": chunk, "data/file_index": file}
+
+    def _write_frames(self, key: str, frames: np.ndarray) -> dict[str, Any]:
+        assert self._tmp is not None
+        roll = self._video[key]
+        if key not in self._encoders or roll.full():
+            if key in self._encoders:
+                self._encoders.pop(key).close()
+            roll.count += 1
+            chunk, file = roll.location()
+            roll.path = self._tmp / VIDEO_PATH.format(
+                video_key=key, chunk_index=chunk, file_index=file
+            )
+            h, w, _ = self.cameras[key].shape
+            self._encoders[key] = VideoEncoder(roll.path, self.fps, h, w, codec=self.codec)
+        enc = self._encoders[key]
+        start = enc.num_frames / self.fps
+        enc.add(frames)
+        chunk, file = roll.location()
+        prefix = f"videos/{key}/"
+        return {
+            prefix + "chunk_index": chunk,
+            prefix + "file_index": file,
+            prefix + "from_timestamp": start,
+            prefix + "to_timestamp": enc.num_frames / self.fps,
+        }
+
+    # ---------------------------------------------------------------- metadata
+    def info(self) -> dict[str, Any]:
+        """``meta/info.json`` for the episodes written so far."""
+        feats: dict[str, Any] = {}
+        for key, f in self.features.items():
+            feats[key] = {"dtype": f.dtype, "shape": list(f.shape) or [1], "names": None}
+        for key, f in self.cameras.items():
+            h, w, c = f.shape
+            feats[key] = {
+                "dtype": "video",
+                "shape": [h, w, c],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": self._encoded_codec(),
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": self.fps,
+                    "video.channels": c,
+                    "has_audio": False,
+                },
+            }
+        for key, f in INDEX_FEATURES.items():
+            feats[key] = {"dtype": f.dtype, "shape": [1], "names": None}
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": len(self.episodes),
+            "total_frames": self.num_frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": self._data.limit / 1e6,
+            "video_files_size_in_mb": next(iter(self._video.values())).limit / 1e6
+            if self._video
+            else 200.0,
+            "fps": self.fps,
+            "splits": {"train": f"0:{len(self.episodes)}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.cameras else None,
+            "features": feats,
+            "envactor_version": envactor_version(),
+        }
+
+    def _encoded_codec(self) -> str:
+        enc = next(iter(self._encoders.values()), None)
+        return enc.codec if enc is not None else self.codec
+
+    def close(self) -> Path:
+        """Finish every file, write the metadata and rename the dataset into place."""
+        if self._tmp is None:
+            raise DatasetError(f"{self.root}: writer is already closed")
+        tmp = self._tmp
+        try:
+            if not self.episodes:
+                raise DatasetError(f"{self.root}: no episodes were added")
+            if self._parquet is not None:
+                self._parquet.close()
+            for enc in self._encoders.values():
+                enc.close()
+            write_text(tmp / "meta" / "info.json", json.dumps(self.info(), indent=4) + "\n")
+            stats = self._stats.result()
+            write_text(tmp / "meta" / "stats.json", json.dumps(stats, indent=4) + "\n")
+            self._write_tasks(tmp / "meta" / "tasks.parquet")
+            self._write_episodes(tmp / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    fsync_path(path)
+            self._check_target()
+            aside = self.root.with_name(f".{self.root.name}.old")
+            if self.root.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(self.root, aside)
+            os.rename(tmp, self.root)
+            shutil.rmtree(aside, ignore_errors=True)
+            fsync_path(self.root.parent)
+        except BaseException:
+            self.abort()
+            raise
+        self._tmp = None
+        return self.root
+
+    def _write_tasks(self, path: Path) -> None:
+        pa = require_pyarrow()
+        names = list(self.tasks)
+        table = pa.table(
+            {
+                "task_index": pa.array([self.tasks[t] for t in names], pa.int64()),
+                "__index_level_0__": pa.array(names, pa.string()),
+            }
+        )
+        # pandas' metadata, so that readers using pandas see the task text as the index
+        pandas_meta = {
+            "index_columns": ["__index_level_0__"],
+            "column_indexes": [
+                {
+                    "name": None,
+                    "field_name": None,
+                    "pandas_type": "unicode",
+                    "numpy_type": "object",
+                    "metadata": {"encoding": "UTF-8"},
+                }
+            ],
+            "columns": [
+                {
+                    "name": "task_index",
+                    "field_name": "task_index",
+                    "pandas_type": "int64",
+                    "numpy_type": "int64",
+                    "metadata": None,
+                },
+                {
+                    "name": None,
+                    "field_name": "__index_level_0__",
+                    "pandas_type": "unicode",
+                    "numpy_type": "object",
+                    "metadata": None,
+                },
+            ],
+        }
+        table = table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pa.parquet.write_table(table, path)
+
+    def _write_episodes(self, path: Path) -> None:
+        pa = require_pyarrow()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pa.parquet.write_table(pa.Table.from_pylist(self.episodes), path)
+
+    def abort(self) -> None:
+        """Discard everything written; ``root`` is left untouched."""
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):  # the files are deleted anyway
+                self._parquet.close()
+            self._parquet = None
+        for enc in self._encoders.values():
+            with contextlib.suppress(Exception):
+                enc.close()
+        self._encoders.clear()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> LeRobotWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._tmp is not None:
+            self.close()
+
+
+def _stored(feature: Feature) -> Feature:
+    """How a column is stored: shape ``()`` and ``(1,)`` as plain scalars (LeRobot's layout)."""
+    return Feature((), feature.dtype) if feature.shape in ((), (1,)) else feature
+
+
+def _to_arrow(values: np.ndarray, feature: Feature) -> Any:
+    pa = require_pyarrow()
+    arr = pa.array(np.ascontiguousarray(values).reshape(-1))
+    for n in reversed(feature.shape):
+        arr = pa.FixedSizeListArray.from_arrays(arr, n)
+    return arr
+
+
+class _Stats:
+    """Exact per-feature stats in LeRobot's ``stats.json`` layout.
+
+    Numeric features keep their values (float64) until ``result()``; cameras keep a 256-bin
+    histogram per channel, so image quantiles are exact too. Images are reported in [0, 1] with
+    shape ``(3, 1, 1)``, as LeRobot does.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.hist: dict[str, np.ndarray] = {}
+
+    def update(self, arrays: Mapping[str, np.ndarray], cameras: Mapping[str, Any]) -> None:
+        for key, arr in arrays.items():
+            if key in cameras:
+                counts = np.stack(
+                    [np.bincount(arr[..., c].ravel(), minlength=256) for c in range(arr.shape[-1])]
+                )
+                self.hist[key] = self.hist.get(key, 0) + counts
+            else:
+                self.values.setdefault(key, []).append(arr.astype(np.float64))
+
+    def result(self) -> dict[str, dict[str, list[Any]]]:
+        out: dict[str, dict[str, list[Any]]] = {}
+        for key, parts in self.values.items():
+            x = np.concatenate(parts)
+            x = x[~np.isnan(x).reshape(len(x), -1).any(axis=1)]  # NaN rows: "not recorded"
+            if len(x) == 0:
+                continue
+            qs = np.quantile(x, QUANTILES, axis=0)
+            stats = {
+                "min": x.min(0),
+                "max": x.max(0),
+                "mean": x.mean(0),
+                "std": x.std(0),
+                "count": np.array([len(x)]),
+            }
+            stats.update({f"q{round(q * 100):02d}": v for q, v in zip(QUANTILES, qs)})
+            out[key] = {k: np.atleast_1d(v).tolist() for k, v in stats.items()}
+        for key, counts in self.hist.items():
+            levels = np.arange(256) / 255.0
+            total = counts.sum(axis=1, keepdims=True)
+            p = counts / total
+            mean = (p * levels).sum(axis=1)
+            std = np.sqrt((p * (levels - mean[:, None]) ** 2).sum(axis=1))
+            cum = np.cumsum(counts, axis=1)
+            nz = counts > 0
+            lo = levels[np.argmax(nz, axis=1)]
+            hi = levels[255 - np.argmax(nz[:, ::-1], axis=1)]
+            stats = {"min": lo, "max": hi, "mean": mean, "std": std}
+            for q in QUANTILES:  # the nearest-rank level: exact for uint8 data
+                rank = np.ceil(q * total[:, 0])
+                stats[f"q{round(q * 100):02d}"] = levels[np.argmax(cum >= rank[:, None], axis=1)]
+            entry = {k: v.reshape(-1, 1, 1).tolist() for k, v in stats.items()}
+            entry["count"] = [int(total[0, 0])]
+            out[key] = entry
+        return out

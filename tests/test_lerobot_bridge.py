@@ -1,0 +1,143 @@
+"""The LeRobot bridge without LeRobot: recognizing checkpoint folders, the errors, and the hook's
+plumbing (preprocessor -> model -> postprocessor) with stand-ins for LeRobot's objects.
+LeRobot's own outputs are compared in tests/lerobot/test_lerobot_policies.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from envactor import build_policy
+from envactor.interop.lerobot import (
+    LeRobotCheckpointError,
+    LeRobotNotInstalledError,
+    LeRobotPolicy,
+    lerobot_checkpoint_dir,
+    load_lerobot_policy,
+)
+from envactor.policy import save_policy
+from envactor.policy.contract import check_policy_class
+
+ACT = Path(__file__).parent / "fixtures" / "lerobot" / "act"
+# a submodule: under pytest tests/lerobot is importable as a namespace package named lerobot
+HAS_LEROBOT = importlib.util.find_spec("lerobot.policies") is not None
+
+
+def test_recognizes_pretrained_model_folders_and_step_folders(tmp_path: Path) -> None:
+    assert lerobot_checkpoint_dir(ACT) == ACT
+    step = tmp_path / "005000"
+    shutil.copytree(ACT, step / "pretrained_model")
+    assert lerobot_checkpoint_dir(step) == step / "pretrained_model"
+    assert lerobot_checkpoint_dir(ACT / "config.json") is None  # a file
+    assert lerobot_checkpoint_dir(tmp_path) is None
+    (tmp_path / "config.json").write_text(json.dumps({"horizon": 3}))  # no 'type'
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert lerobot_checkpoint_dir(tmp_path) is None
+
+
+@pytest.mark.skipif(HAS_LEROBOT, reason="LeRobot is installed here")
+def test_without_lerobot_the_error_says_how_to_install_it() -> None:
+    with pytest.raises(LeRobotNotInstalledError) as info:
+        build_policy(ACT)
+    msg = str(info.value)
+    assert str(ACT) in msg and "type 'act'" in msg
+    assert "pip install lerobot" in msg and "torch<2.11" in msg and "make test-lerobot" in msg
+
+
+def test_unsupported_type_and_missing_processors_are_named(tmp_path: Path) -> None:
+    other = tmp_path / "vqbet"
+    shutil.copytree(ACT, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(dict(cfg, type="vqbet")))
+    with pytest.raises(LeRobotCheckpointError, match=r"type 'vqbet' is not supported.*act, diff"):
+        build_policy(other)
+    bare = tmp_path / "bare"
+    shutil.copytree(ACT, bare)
+    (bare / "policy_postprocessor.json").unlink()
+    with pytest.raises(LeRobotCheckpointError, match=r"processors \['policy_postprocessor.json'\]"):
+        load_lerobot_policy(bare)
+
+
+def test_overrides_do_not_apply_to_a_lerobot_checkpoint() -> None:
+    with pytest.raises(
+        ValueError, match=r"LeRobot checkpoint.*--override policy\.params\.horizon=3"
+    ):
+        build_policy(ACT, overrides=["policy.params.horizon=3"])
+
+
+class FakeModel(nn.Module):
+    """Stands in for a LeRobot policy: ``predict_action_chunk`` = tanh(w * state) per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+        self.config = SimpleNamespace(image_features=[])
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def predict_action_chunk(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.seen.append(batch)
+        x = batch["observation.state"]
+        return torch.tanh(self.w * x)[:, None, :].repeat(1, 3, 1) + torch.arange(3.0)[:, None]
+
+
+def fake_policy(n_obs: int = 1) -> tuple[LeRobotPolicy, FakeModel]:
+    model = FakeModel()
+
+    def pre(batch: dict[str, Any]) -> dict[str, Any]:  # LeRobot's pipeline shape of output
+        return {"observation.state": batch["observation.state"] * 2.0, "action": None}
+
+    def post(actions: torch.Tensor) -> torch.Tensor:
+        return actions + 100.0
+
+    policy = LeRobotPolicy(
+        {"model": model},
+        processors=(pre, post),
+        input_features={"observation.state": {"shape": [2], "norm": "identity"}},
+        action_dim=2,
+        action_norm="identity",
+        horizon=3,
+        n_action_steps=2,
+        n_obs_steps=n_obs,
+        lerobot_type="fake",
+    )
+    return policy, model
+
+
+def test_hook_is_post_of_model_of_pre_with_identity_normalization() -> None:
+    check_policy_class("lerobot", LeRobotPolicy)
+    policy, model = fake_policy()
+    x = np.array([[0.1, -0.3], [1.0, 2.0]], np.float32)
+    out = policy.predict({"observation.state": x})
+    want = np.tanh(0.5 * 2.0 * x)[:, None, :] + np.arange(3.0)[:, None] + 100.0
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert list(model.seen[-1]) == ["observation.state"]  # pre's extra keys filtered out
+    assert policy.select_action({"observation.state": x}).shape == (2, 2)
+    with pytest.raises(Exception, match="not trainable"):
+        policy.forward({"observation.state": x, "action": np.zeros((2, 3, 2), np.float32)})
+
+
+def test_history_reaches_the_model_frame_by_frame() -> None:
+    policy, model = fake_policy(n_obs=2)
+    policy.observe({"observation.state": np.array([[1.0, 1.0]], np.float32)}, env_ids=["a"])
+    policy.predict({"observation.state": np.array([[3.0, 3.0]], np.float32)}, env_ids=["a"])
+    # the model reads the current frame; a queue-less model (ACT) gets only that one
+    assert model.seen[-1]["observation.state"].tolist() == [[6.0, 6.0]]
+
+
+def test_save_policy_points_to_lerobots_own_format(tmp_path: Path) -> None:
+    policy, _ = fake_policy()
+    policy.config = {"lerobot": {"path": "somewhere", "type": "fake"}}
+    with pytest.raises(ValueError, match=r"LeRobot's format.*save_pretrained"):
+        save_policy(policy, tmp_path / "out")
+    with pytest.raises(Exception, match="needs the checkpoint's"):
+        LeRobotPolicy({"model": FakeModel()}, **{"input_features": {"s": {"shape": [1]}},
+                                                 "action_dim": 1, "lerobot_type": "x"})  # fmt: skip
