@@ -11,11 +11,12 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -q
 
-# LeRobot interoperability: LeRobot 0.4.4 itself reads what envactor writes (tests/lerobot/).
+# LeRobot interoperability: LeRobot 0.4.4 itself reads what envactor writes (tests/with_lerobot/).
 # A separate venv, since LeRobot's torch/torchvision differ from the main one's (see the script).
 test-lerobot:
 	bash scripts/setup_lerobot.sh
-	.venv-lerobot/bin/python -m pytest -q tests/lerobot tests/test_lerobot_dataset.py
+	.venv-lerobot/bin/python -m pytest -q tests/with_lerobot tests/test_lerobot_dataset.py tests/test_lerobot_sims.py \
+		tests/test_lerobot_bridge.py
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks

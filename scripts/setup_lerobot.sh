@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv-lerobot: envactor beside LeRobot 0.4.4, for the LeRobot interoperability tests
-# (tests/lerobot/). Safe to run again (skips work already done).
+# (tests/with_lerobot/). Safe to run again (skips work already done).
 #
 # LeRobot 0.4.x pins torch<2.11, while the torch that matches a working CPU-side torchvision here
 # is 2.14.1 (torchvision 0.29.1; the torchvision built for the 2.13.0 CPU wheel needs CUDA
@@ -15,9 +15,9 @@ PY=${ENVACTOR_PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=.venv-lerobot
 TORCH="torch==2.14.1 torchvision==0.29.1 torchcodec==0.14.0"
 DEPS="lerobot==0.4.4"
-PINNED="numpy==2.4.6 draccus==0.11.6 huggingface_hub==2.4.0 safetensors==0.8.0 datasets==5.2.0
+PINNED="numpy==2.4.6 draccus==0.10.0 huggingface_hub==2.4.0 safetensors==0.8.0 datasets==5.2.0
   pillow==13.0.0 einops==0.8.2 accelerate==1.15.0 imageio==2.38.1 diffusers==0.42.1
-  pyserial==3.5 deepdiff==9.1.0 av==18.1.0 gymnasium==1.4.0 jsonlines termcolor"
+  pyserial==3.5 deepdiff==9.1.0 av==18.1.0 gymnasium==1.4.0 jsonlines termcolor gym-pusht==0.1.8"
 if ! ldconfig -p | grep -q libavcodec; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq ffmpeg) >/dev/null

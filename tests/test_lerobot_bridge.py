@@ -1,6 +1,6 @@
 """The LeRobot bridge without LeRobot: recognizing checkpoint folders, the errors, and the hook's
 plumbing (preprocessor -> model -> postprocessor) with stand-ins for LeRobot's objects.
-LeRobot's own outputs are compared in tests/lerobot/test_lerobot_policies.py."""
+LeRobot's own outputs are compared in tests/with_lerobot/test_lerobot_policies.py."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from envactor.interop.lerobot import (
     LeRobotCheckpointError,
     LeRobotNotInstalledError,
     LeRobotPolicy,
+    describe_checkpoint,
     lerobot_checkpoint_dir,
     load_lerobot_policy,
 )
@@ -28,7 +29,6 @@ from envactor.policy import save_policy
 from envactor.policy.contract import check_policy_class
 
 ACT = Path(__file__).parent / "fixtures" / "lerobot" / "act"
-# a submodule: under pytest tests/lerobot is importable as a namespace package named lerobot
 HAS_LEROBOT = importlib.util.find_spec("lerobot.policies") is not None
 
 
@@ -141,3 +141,16 @@ def test_save_policy_points_to_lerobots_own_format(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="needs the checkpoint's"):
         LeRobotPolicy({"model": FakeModel()}, **{"input_features": {"s": {"shape": [1]}},
                                                  "action_dim": 1, "lerobot_type": "x"})  # fmt: skip
+
+
+def test_describe_reads_the_files_without_lerobot() -> None:
+    from safetensors.torch import load_file
+
+    info = describe_checkpoint(ACT)
+    assert info["policy"] == "lerobot/act" and info["path"] == str(ACT.resolve())
+    assert info["action"] == {"horizon": 10, "action_dim": 4}
+    assert info["params"]["n_action_steps"] == 5 and info["params"]["n_obs_steps"] == 1
+    assert info["input_features"]["observation.environment_state"]["shape"] == [4]
+    tensors = load_file(ACT / "model.safetensors")
+    assert info["components"]["model"]["parameters"] == sum(t.numel() for t in tensors.values())
+    assert info["stats_keys"] == ["action", "observation.environment_state", "observation.state"]

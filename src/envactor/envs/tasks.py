@@ -131,6 +131,9 @@ def check_env_id(env_id: str) -> None:
     accepts them; ``module:Id`` ids are left to ``gym.make`` (it imports the module first).
     """
     register_tasks()
+    from envactor.envs.lerobot_sims import register as register_lerobot_sim
+
+    register_lerobot_sim(env_id)  # gym_pusht/... : import its package (clear error if missing)
     if ":" in env_id or env_id in gym.registry:
         return
     from gymnasium.envs.registration import parse_env_id

@@ -285,7 +285,9 @@ class Policy(nn.Module):
     ) -> np.ndarray:
         """Batched observations -> action chunks ``(B, H, A)`` in action units (float32).
 
-        ``env_ids`` name the rows (per-env state and noise); ``explore`` applies ``_explore``.
+        ``env_ids`` name the rows (per-env state and noise; default: row indices); ``explore``
+        applies ``_explore``. With ``n_obs_steps > 1`` each call is one step of those envs: its
+        rows join their histories and ``_chunk`` sees the last ``n_obs_steps`` of them.
         """
         return self._predict(obs, normalizer, env_ids, explore=explore)
 

@@ -5,6 +5,7 @@ from envactor.interop.lerobot.checkpoint import (
     INSTALL_HINT,
     LeRobotCheckpointError,
     LeRobotNotInstalledError,
+    describe_checkpoint,
     lerobot_checkpoint_dir,
 )
 from envactor.interop.lerobot.policy import LeRobotParams, LeRobotPolicy, load_lerobot_policy
@@ -15,6 +16,7 @@ __all__ = [
     "LeRobotNotInstalledError",
     "LeRobotParams",
     "LeRobotPolicy",
+    "describe_checkpoint",
     "lerobot_checkpoint_dir",
     "load_lerobot_policy",
 ]

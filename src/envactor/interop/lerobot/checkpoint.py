@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import struct
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
 PRETRAINED_DIR = "pretrained_model"
+ACTION_KEY = "action"
+# LeRobot policy type -> the config field that is the length of predict_action_chunk's output
+CHUNK_LENGTH = {"act": "chunk_size", "diffusion": "n_action_steps"}
 
 INSTALL_HINT = (
     "pip install lerobot (LeRobot 0.4.x pins torch<2.11: install it in a virtualenv of its own, "
@@ -90,3 +96,84 @@ def import_lerobot(module: str, folder: Path) -> ModuleType:
             f"{folder} is a LeRobot checkpoint (config.json type {kind!r}); loading it needs "
             f"{what}: {INSTALL_HINT}"
         ) from None
+
+
+def envactor_params(kind: str, fields: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """envactor params (features, action dim, H, s, n_obs_steps) of a LeRobot policy of type
+    ``kind`` from its config ``fields`` (``config.json``'s form: features as ``{key: {type,
+    shape}}``). Camera features become uint8 ``(H, W, C)``, everything normalizes as identity
+    (the checkpoint's own processors normalize)."""
+    if kind not in CHUNK_LENGTH:
+        raise LeRobotCheckpointError(
+            f"{folder}: LeRobot policy type {kind!r} is not supported by envactor (supported: "
+            f"{', '.join(sorted(CHUNK_LENGTH))})"
+        )
+    feats: dict[str, dict[str, Any]] = {}
+    for key, feat in dict(fields.get("input_features") or {}).items():
+        ftype, shape = str(feat.get("type")), [int(n) for n in feat.get("shape", ())]
+        if ftype in ("STATE", "ENV"):
+            feats[key] = {"shape": shape, "dtype": "float32", "norm": "identity"}
+        elif ftype == "VISUAL" and len(shape) == 3:
+            c, h, w = shape  # LeRobot's (C, H, W) float; envactor carries uint8 (H, W, C)
+            feats[key] = {"shape": [h, w, c], "dtype": "uint8", "norm": "identity"}
+        else:
+            raise LeRobotCheckpointError(
+                f"{folder}: input feature {key!r} of type {ftype} shape {shape} is not supported "
+                "(supported: STATE, ENV, VISUAL (C, H, W))"
+            )
+    action = dict(fields.get("output_features") or {}).get(ACTION_KEY)
+    if not isinstance(action, Mapping) or len(action.get("shape", ())) != 1:
+        raise LeRobotCheckpointError(
+            f"{folder}: expected output feature {ACTION_KEY!r} of shape (A,), got "
+            f"{fields.get('output_features')}"
+        )
+    return {
+        "input_features": feats,
+        "action_dim": int(action["shape"][0]),
+        "action_norm": "identity",
+        "horizon": int(fields[CHUNK_LENGTH[kind]]),
+        "n_action_steps": int(fields["n_action_steps"]),
+        "n_obs_steps": int(fields.get("n_obs_steps") or 1),
+        "lerobot_type": kind,
+        "source": str(folder),
+    }
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes), without tensors."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header: dict[str, Any] = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A summary of the LeRobot checkpoint at ``path`` read from its files alone (LeRobot not
+    needed): what ``envactor info`` shows for an envactor checkpoint, in the same layout."""
+    folder = lerobot_checkpoint_dir(path)
+    if folder is None:
+        raise LeRobotCheckpointError(f"{path}: not a LeRobot pretrained_model folder")
+    kind = policy_type(folder)
+    fields = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    params = envactor_params(kind, fields, folder)
+    tensors = _safetensors_header(folder / MODEL_FILE)
+    count = 0
+    for t in tensors.values():
+        n = 1
+        for d in t.get("shape", ()):
+            n *= int(d)
+        count += n
+    stats: set[str] = set()
+    for f in sorted(folder.glob("policy_preprocessor_step_*.safetensors")):
+        stats.update(name.rsplit(".", 1)[0] for name in _safetensors_header(f))
+    return {
+        "path": str(folder.resolve()),
+        "policy": f"lerobot/{kind}",
+        "components": {"model": {"type": kind, "parameters": count}},
+        "input_features": params["input_features"],
+        "params": {k: v for k, v in params.items() if k != "input_features"},
+        "action": {"horizon": params["horizon"], "action_dim": params["action_dim"]},
+        "stats_keys": sorted(stats),
+        "meta": {"format": "lerobot", "lerobot_type": kind},
+    }

@@ -15,6 +15,7 @@ Images: envactor carries camera frames as uint8 ``(H, W, C)``; the hook turns th
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections import deque
 from collections.abc import Hashable, Mapping
@@ -28,7 +29,10 @@ from pydantic import Field
 from torch import nn
 
 from envactor.interop.lerobot.checkpoint import (
+    CHUNK_LENGTH,
+    CONFIG_FILE,
     LeRobotCheckpointError,
+    envactor_params,
     import_lerobot,
     lerobot_checkpoint_dir,
     policy_type,
@@ -38,8 +42,6 @@ from envactor.normalize import Normalizer
 from envactor.policy.base import ACTION_KEY, EnvIds, Policy, PolicyError
 from envactor.policy.specs import PolicyParams
 
-# LeRobot policy type -> the config field that is the length of predict_action_chunk's output
-CHUNK_LENGTH = {"act": "chunk_size", "diffusion": "n_action_steps"}
 # types whose predict_action_chunk takes the prior ``noise`` (B, horizon, A) of their sampler
 PRIOR_HORIZON = {"diffusion": "horizon"}
 IMAGES_KEY = "observation.images"  # LeRobot's stacked-cameras key (Diffusion's queues)
@@ -177,37 +179,15 @@ class LeRobotPolicy(Policy):
 
 
 def params_from_config(config: Any, kind: str, folder: Path) -> dict[str, Any]:
-    """envactor params of a LeRobot policy config (features, action dim, H, s, n_obs_steps)."""
-    feats: dict[str, dict[str, Any]] = {}
-    for key, feat in config.input_features.items():
-        ftype = getattr(feat.type, "value", str(feat.type))
-        shape = [int(n) for n in feat.shape]
-        if ftype in ("STATE", "ENV"):
-            feats[key] = {"shape": shape, "dtype": "float32", "norm": "identity"}
-        elif ftype == "VISUAL" and len(shape) == 3:
-            c, h, w = shape  # LeRobot's (C, H, W) float; envactor carries uint8 (H, W, C)
-            feats[key] = {"shape": [h, w, c], "dtype": "uint8", "norm": "identity"}
-        else:
-            raise LeRobotCheckpointError(
-                f"{folder}: input feature {key!r} of type {ftype} shape {shape} is not supported "
-                "(supported: STATE, ENV, VISUAL (C, H, W))"
-            )
-    action = config.output_features.get(ACTION_KEY)
-    if action is None or len(action.shape) != 1:
-        raise LeRobotCheckpointError(
-            f"{folder}: expected output feature {ACTION_KEY!r} of shape (A,), got "
-            f"{dict(config.output_features)}"
-        )
-    return {
-        "input_features": feats,
-        "action_dim": int(action.shape[0]),
-        "action_norm": "identity",
-        "horizon": int(getattr(config, CHUNK_LENGTH[kind])),
-        "n_action_steps": int(config.n_action_steps),
-        "n_obs_steps": int(getattr(config, "n_obs_steps", 1) or 1),
-        "lerobot_type": kind,
-        "source": str(folder),
-    }
+    """envactor params of a loaded LeRobot policy config (its defaults filled in)."""
+    fields: dict[str, Any] = {
+        name: {k: {"type": getattr(f.type, "value", str(f.type)), "shape": list(f.shape)}
+               for k, f in getattr(config, name).items()}
+        for name in ("input_features", "output_features")
+    }  # fmt: skip
+    for name in ("n_action_steps", "n_obs_steps", CHUNK_LENGTH[kind]):
+        fields[name] = getattr(config, name, None)
+    return envactor_params(kind, fields, folder)
 
 
 def load_lerobot_policy(path: str | Path, *, device: str | torch.device = "cpu") -> LeRobotPolicy:
@@ -220,11 +200,8 @@ def load_lerobot_policy(path: str | Path, *, device: str | torch.device = "cpu")
             "model.safetensors, policy_preprocessor.json, policy_postprocessor.json)"
         )
     kind = policy_type(folder)
-    if kind not in CHUNK_LENGTH:
-        raise LeRobotCheckpointError(
-            f"{folder}: LeRobot policy type {kind!r} is not supported by envactor (supported: "
-            f"{', '.join(sorted(CHUNK_LENGTH))})"
-        )
+    fields = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    envactor_params(kind, fields, folder)  # unsupported types and features fail before import
     require_processors(folder)
     configs = import_lerobot("configs.policies", folder)
     factory = import_lerobot("policies.factory", folder)

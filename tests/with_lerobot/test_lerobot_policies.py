@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-# "lerobot.policies", not "lerobot": under pytest this folder (tests/lerobot) is itself importable
-# as a namespace package named lerobot, which would satisfy a plain importorskip("lerobot")
 pytest.importorskip("lerobot.policies")
 
 import gymnasium as gym

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("lerobot")
+pytest.importorskip("lerobot.datasets")
 pytest.importorskip("torchcodec")
 
 from lerobot.datasets.lerobot_dataset import LeRobotDataset as LeRobotsDataset
