@@ -18,6 +18,9 @@ DEPS="lerobot==0.4.4"
 PINNED="numpy==2.4.6 draccus==0.10.0 huggingface_hub==2.4.0 safetensors==0.8.0 datasets==5.2.0
   pillow==13.0.0 einops==0.8.2 accelerate==1.15.0 imageio==2.38.1 diffusers==0.42.1
   pyserial==3.5 deepdiff==9.1.0 av==18.1.0 gymnasium==1.4.0 jsonlines termcolor gym-pusht==0.1.8"
+# The official openpi websocket client, for the serving test. Without its pins: it declares
+# numpy<2 (its client code runs on numpy 2) and dm-tree (used only by its runtime helpers).
+NODEPS="openpi-client==0.1.2"
 if ! ldconfig -p | grep -q libavcodec; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq ffmpeg) >/dev/null
@@ -39,5 +42,6 @@ $VENV/bin/pip install --quiet $TORCH
 $VENV/bin/pip install --quiet --no-deps $DEPS
 # shellcheck disable=SC2086
 $VENV/bin/pip install --quiet $PINNED
+$VENV/bin/pip install --quiet --no-deps $NODEPS
 $VENV/bin/pip install --quiet -e ".[data,serve,dev]"
 echo "$want" > "$stamp"

@@ -310,6 +310,9 @@ def test_train_online_bad_flags_are_refused_while_parsing(
     assert not out.exists()
 
 
+LEROBOT_ACT = Path(__file__).parent / "fixtures" / "lerobot" / "act"
+
+
 def test_train_online_checks_the_rest_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,6 +325,7 @@ def test_train_online_checks_the_rest_before_any_work(
         (["--horizon", "4", "--n-action-steps", "6"], "--n-action-steps must be <= --horizon (4)"),
         (["--init", str(tmp_path / "nope")], f"--init: checkpoint {tmp_path / 'nope'} does not"),
         (["envactor/PendulumSwingUp-v9"], "unknown envactor task 'envactor/PendulumSwingUp-v9'"),
+        (["--init", str(LEROBOT_ACT)], "is a LeRobot checkpoint: LeRobot policies are acting-only"),
     ]
     for flags, expected in cases:
         assert main(["train-online", "--out", str(out), *flags]) == 2

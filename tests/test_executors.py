@@ -137,19 +137,18 @@ def test_bad_executor_arguments() -> None:
 
 
 class PrefixScripted(Scripted):
-    """Scripted chunks plus ``prefix_inference``: chunk k with the committed d actions in it."""
+    """Scripted chunks plus the ``_prefix_chunk`` hook: chunk k with the committed d actions in
+    it (identity normalization, so the prefix is in action units)."""
 
     def __init__(self, **params):  # type: ignore[no-untyped-def]
         super().__init__(**params)
         self.prefix_calls: list[tuple[list[list[float]], list[int]]] = []
 
-    def prefix_inference(self, obs, normalizer=None, *, prev_chunk, delay, env_ids=None):  # type: ignore[no-untyped-def]
-        prev = [np.asarray(p)[:, 0].tolist() for p in prev_chunk]
-        self.prefix_calls.append((prev, list(delay)))
-        chunk = self.predict(obs, env_ids=env_ids)
-        for b, (p, d) in enumerate(zip(prev, delay)):
-            chunk[b, :d, 0] = p[:d]
-        return chunk
+    def _prefix_chunk(self, obs, env_ids, request, prefix):  # type: ignore[no-untyped-def]
+        prev = [np.asarray(p)[:, 0].tolist() for p in request.remainder]
+        self.prefix_calls.append((prev, list(request.delay)))
+        keep = request.committed_like(prefix)[..., None]
+        return torch.where(keep, prefix, self._chunk(obs, env_ids))
 
 
 def test_rtc_trained_writes_the_committed_prefix_in() -> None:
@@ -165,6 +164,5 @@ def test_rtc_trained_writes_the_committed_prefix_in() -> None:
 
 
 def test_rtc_trained_needs_a_prefix_trained_policy() -> None:
-    ex = make_executor("rtc_trained", scripted(), delay=1)
-    with pytest.raises(TypeError, match=r"rtc_trained.*prefix_inference"):
-        run(ex, ["a"], 4)
+    with pytest.raises(TypeError, match=r"executor 'rtc_trained' needs .*_prefix_chunk"):
+        make_executor("rtc_trained", scripted(), delay=1)

@@ -176,6 +176,9 @@ def test_encoder_overrides_follow_the_features() -> None:
     assert encoder_overrides({"encoder": {"type": "observation_encoder"}}, FEATURES) == [
         "model.components.encoder.input_features=${policy.params.input_features}"
     ]
+    assert encoder_overrides({"encoder": mlp}, state_only, n_obs_steps=3) == [
+        "model.components.encoder.in_dim=30"  # the flattened history of 3 frames
+    ]
     assert encoder_overrides({"net": mlp}, FEATURES) == []
     assert encoder_overrides({"encoder": {"type": "transformer_encoder"}}, FEATURES) == []
 
@@ -242,3 +245,22 @@ def test_state_only_configs_keep_the_mlp_encoder() -> None:
     for name in ("flow", "act"):
         policy = build_policy(name)
         assert type(policy.components["encoder"]).__name__ == "MLP"
+
+
+@pytest.mark.parametrize("name", ["flow", "act"])
+def test_history_with_cameras_is_refused_naming_the_cameras(name: str) -> None:
+    given = [f"policy.params.input_features={json.dumps(FEATURES)}", "policy.params.action_dim=2",
+             "policy.params.n_obs_steps=2"]  # fmt: skip
+    from envactor.config import load_policy_config
+    from envactor.policy.build import packaged_config
+
+    components = load_policy_config(packaged_config(name), [*given, *SMALL[name]]).components
+    fitted = [*given, *encoder_overrides(components, FEATURES, 2), *SMALL[name]]
+    with pytest.raises(
+        PolicyError,
+        match=rf"policy {name!r}: policy.params.n_obs_steps=2 with cameras "
+        r"\['observation.images.top', 'observation.images.wrist'\]: model.components.encoder "
+        r"\(ObservationEncoder\) reads one frame \(B, \*shape\) per key, not a history "
+        r"\(B, 2, \*shape\); use n_obs_steps 1 with cameras",
+    ):
+        build_policy(name, overrides=fitted)

@@ -29,7 +29,7 @@ from envactor.policy import save_policy
 from envactor.policy.contract import check_policy_class
 
 ACT = Path(__file__).parent / "fixtures" / "lerobot" / "act"
-HAS_LEROBOT = importlib.util.find_spec("lerobot.policies") is not None
+HAS_LEROBOT = importlib.util.find_spec("lerobot") is not None
 
 
 def test_recognizes_pretrained_model_folders_and_step_folders(tmp_path: Path) -> None:
@@ -154,3 +154,70 @@ def test_describe_reads_the_files_without_lerobot() -> None:
     tensors = load_file(ACT / "model.safetensors")
     assert info["components"]["model"]["parameters"] == sum(t.numel() for t in tensors.values())
     assert info["stats_keys"] == ["action", "observation.environment_state", "observation.state"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from envactor.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_info_summarizes_a_lerobot_folder_without_lerobot(tmp_path: Path) -> None:
+    code, out, err = run_cli(["info", str(ACT)])
+    assert code == 0 and not err
+    lines = out.splitlines()
+    assert lines[0] == f"checkpoint  {ACT.resolve()}"
+    assert lines[1] == "policy      lerobot/act  (H=10, A=4)"
+    params = sum(load_file_numel(ACT / "model.safetensors"))
+    assert f"{params:>12,d} params" in lines[2] and "act" in lines[2]
+    assert "feature     observation.state            shape=[4] dtype=float32" in lines
+    assert lines[-1].startswith("format      LeRobot checkpoint (type act): acting only")
+    step = tmp_path / "010000"  # a LeRobot training step folder: its pretrained_model/
+    shutil.copytree(ACT, step / "pretrained_model")
+    code, out, _ = run_cli(["info", str(step), "--json"])
+    info, want = json.loads(out), describe_checkpoint(ACT)
+    folder = step / "pretrained_model"
+    assert code == 0 and info["path"] == str(folder.resolve())
+    assert info["params"].pop("source") == str(folder)
+    want["params"].pop("source")
+    assert {**info, "path": want["path"]} == want
+
+
+def load_file_numel(path: Path) -> list[int]:
+    from safetensors.torch import load_file
+
+    return [t.numel() for t in load_file(path).values()]
+
+
+def test_train_refuses_a_lerobot_checkpoint_in_one_line(tmp_path: Path) -> None:
+    dataset = ACT.parent / "dataset"
+    code, out, err = run_cli(
+        ["train", str(ACT), "--data", str(dataset), "--out", str(tmp_path / "run")]
+    )
+    assert code == 2 and not out and len(err.splitlines()) == 1
+    assert err.startswith(f"envactor train: error: {ACT} is a LeRobot checkpoint: LeRobot "
+                          "policies are acting-only in envactor (eval, serve, run)")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    policy, _ = fake_policy()  # a built LeRobot policy is refused the same way
+    policy.config = {"lerobot": {"path": "somewhere/pretrained_model", "type": "fake"}}
+    from envactor.train import TrainError, train
+
+    with pytest.raises(TrainError, match=r"somewhere/pretrained_model is a LeRobot checkpoint"):
+        train(policy, dataset, out_dir=tmp_path / "run2", steps=1, progress=False)
+
+
+@pytest.mark.skipif(HAS_LEROBOT, reason="LeRobot is installed here")
+@pytest.mark.parametrize("command", ["eval", "serve"])
+def test_cli_commands_without_lerobot_say_how_to_install_it(command: str) -> None:
+    argv = {"eval": ["eval", str(ACT), "--env", "envactor/PendulumSwingUp-v0", "--episodes", "1"],
+            "serve": ["serve", str(ACT), "--port", "0"]}[command]  # fmt: skip
+    code, out, err = run_cli(argv)
+    assert code == 2 and not out and len(err.splitlines()) == 1
+    assert err.startswith(f"envactor {command}: error: {ACT} is a LeRobot checkpoint")
+    assert "pip install lerobot" in err

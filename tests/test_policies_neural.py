@@ -443,12 +443,14 @@ def test_flow_prefix_loss_skips_the_committed_tokens() -> None:
         assert torch.all(row[:d] == 1.0) and torch.all(row[d:] == row[-1]) and row[-1] < 1.0
 
 
-def test_flow_prefix_inference_writes_the_committed_actions_in() -> None:
+def test_flow_prefix_method_writes_the_committed_actions_in() -> None:
     target = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
     policy = prefix_oracle(target)
     obs = {S: np.zeros((2, 3), np.float32)}
     prev = [np.full((6, 1), 5.0, np.float32), np.full((3, 1), -5.0, np.float32)]
-    out = policy.prefix_inference(obs, prev_chunk=prev, delay=[2, 4], env_ids=["a", "b"])
+    out = policy.guided_inference(
+        obs, prev_chunk=prev, delay=[2, 4], env_ids=["a", "b"], method="prefix"
+    )
     # env b's d = 4 is clamped to its 3-action remainder; the free tokens land on the target
     np.testing.assert_allclose(out[0, :2], 5.0)
     np.testing.assert_allclose(out[1, :3], -5.0)
@@ -476,7 +478,9 @@ def test_flow_trained_with_prefixes_follows_a_committed_mode() -> None:
     base = seeded_predict(policy, obs, ids)
     other = (-np.sign(base[:, :, 0].mean(1))[:, None] * PROFILE)[..., None]
     policy.set_env_seeds({e: 100 + i for i, e in enumerate(ids)})
-    out = policy.prefix_inference(obs, prev_chunk=other[:, :4], delay=2, env_ids=ids)
+    out = policy.guided_inference(
+        obs, prev_chunk=other[:, :4], delay=2, env_ids=ids, method="prefix"
+    )
     np.testing.assert_allclose(out[:, :2], other[:, :2], atol=1e-6)
     base_err = float(np.abs(base[:, 2:] - other[:, 2:]).mean())
     assert float(np.abs(out[:, 2:] - other[:, 2:]).mean()) < 0.2 * base_err
@@ -488,7 +492,10 @@ def test_flow_prefix_settings_are_checked() -> None:
     with pytest.raises(Exception, match=r"prefix_max_delay must be < horizon=8 \(.*\), got 8"):
         build_policy("flow", overrides=[*PREFIX, "policy.params.prefix_max_delay=8"])
     plain = oracle_flow(np.zeros((H, A), np.float32))
-    with pytest.raises(PolicyError, match=r"prefix_inference needs .*prefix_max_delay > 0"):
-        plain.prefix_inference(
-            {S: np.zeros((1, 3), np.float32)}, prev_chunk=[np.zeros((4, 1))], delay=1
+    with pytest.raises(PolicyError, match=r"method 'prefix' .*prefix_max_delay > 0"):
+        plain.guided_inference(
+            {S: np.zeros((1, 3), np.float32)},
+            prev_chunk=[np.zeros((4, 1))],
+            delay=1,
+            method="prefix",
         )

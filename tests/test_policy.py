@@ -10,6 +10,7 @@ from torch import nn
 from envactor import POLICY_REGISTRY, Policy
 from envactor.normalize import Normalizer
 from envactor.policy import ObservationError, PolicyError
+from envactor.policy.hooks import ContractError
 from envactor.registry import RegistryError
 
 STATE = "observation.state"
@@ -180,12 +181,11 @@ def test_no_stats_is_an_error_not_a_pass_through() -> None:
 
 
 def test_registration_checks() -> None:
-    class OverridesPredict(ProbePolicy):
-        def predict(self, obs, normalizer=None, *, env_ids=None):  # type: ignore[no-untyped-def,override]
-            return None
+    with pytest.raises(ContractError, match=r"overrides public method\(s\) \['predict'\]"):
 
-    with pytest.raises(RegistryError, match=r"overrides public method\(s\) \['predict'\]"):
-        POLICY_REGISTRY.register("bad_override")(OverridesPredict)
+        class OverridesPredict(ProbePolicy):  # refused when defined, registered or not
+            def predict(self, obs, normalizer=None, *, env_ids=None):  # type: ignore[no-untyped-def,override]
+                return None
 
     class NoChunk(Policy):
         def _loss(self, batch):  # type: ignore[no-untyped-def]
@@ -200,7 +200,7 @@ def test_registration_checks() -> None:
 
     with pytest.raises(RegistryError, match=r"\['_loss'\].*trainable = False"):
         POLICY_REGISTRY.register("no_loss")(NoLoss)
-    assert "bad_override" not in POLICY_REGISTRY._items
+    assert "no_chunk" not in POLICY_REGISTRY._items
 
 
 def test_wrong_chunk_shape_names_hook() -> None:

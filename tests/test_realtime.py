@@ -174,9 +174,10 @@ def test_forecast_is_max_of_last_b_measured_delays(no_leaks: None) -> None:
             assert rec.forecast_delay == max(r.measured_delay for r in recs[max(0, k - 3) : k])
     assert len(calls) == len(recs) - 1 == 11
     for rec, kw in zip(recs[1:], calls):  # what guided inference got, and what then ran
-        assert kw["delay"] == [rec.forecast_delay]
-        assert kw["min_num_actions_executed"] == rec.executed_before == 4
-        remainder = kw["prev_chunk"][0]
+        request = kw["request"]
+        assert request.delay == (rec.forecast_delay,)
+        assert request.executed == (rec.executed_before,) and rec.executed_before == 4
+        remainder = request.remainder[0]
         assert remainder.shape == (8 - rec.executed_before, 1)
         ran = ctrl.executed[rec.snapshot_step : rec.swap_step]
         np.testing.assert_array_equal(ran, remainder[: len(ran)])
@@ -280,7 +281,7 @@ def test_flow_policy_runs_true_rtc_in_the_inference_thread(no_leaks: None) -> No
     inner = pol.guided_inference
 
     def spy(obs: Any, **kw: Any) -> np.ndarray:
-        seen.append(f"{kw['method']}/{kw['jacobian']}")
+        seen.append(f"{kw['request'].method}/{kw['request'].jacobian}")
         return inner(obs, **kw)
 
     pol.guided_inference = spy  # type: ignore[method-assign,assignment]
@@ -288,7 +289,7 @@ def test_flow_policy_runs_true_rtc_in_the_inference_thread(no_leaks: None) -> No
     tel = ctrl.run(max_steps=30)
     # real compute takes no virtual time: each chunk arrives before the next step
     assert tel.ok and timeline(ctrl) == [(4 * k, 4 * k, 0, 0, 0) for k in range(8)]
-    assert seen == ["auto/vjp"] * 7
+    assert seen == ["guided/vjp"] * 7
     assert np.all(np.abs(np.diff(ctrl.executed[:, 0])) <= 0.5 + 1e-6)
     assert np.all(np.abs(ctrl.executed) <= 2.0)
 

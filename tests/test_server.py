@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -20,11 +21,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from envactor import build_policy
-from envactor.chunking.masks import SCHEDULES
+from envactor.chunking import GuidanceRequest
 from envactor.normalize import Normalizer
 from envactor.policy.base import Policy
 from envactor.policy.policies.pid import PIDPolicy
-from envactor.policy.prefix import build_prefix
 from envactor.runtime.actor import VectorActor
 from envactor.runtime.client import (
     AuthenticationError,
@@ -32,7 +32,7 @@ from envactor.runtime.client import (
     RemoteError,
     ServerUnavailableError,
 )
-from envactor.runtime.remote import RemotePolicy, recover_guidance
+from envactor.runtime.remote import RemotePolicy
 from envactor.runtime.server import PolicyServer, add_serve_args, run_serve
 from envactor.runtime.wire import packb, unpackb
 
@@ -395,27 +395,45 @@ def test_connection_limit_and_busy_port() -> None:
 
 
 # ---------------------------------------------------------------------------- RemotePolicy
-def test_recover_guidance_rebuilds_the_same_mask() -> None:
+def test_remote_policy_sends_the_guidance_request_itself() -> None:
+    import envactor.runtime as runtime_pkg
+
+    sources = Path(runtime_pkg.__file__).parent.parent.rglob("*.py")
+    assert not [p.name for p in sources if "recover_guidance" in p.read_text()]  # no inverse search
+    policy = flow_policy()
+    seen: list[GuidanceRequest] = []
+    inner = policy.guided_inference
+
+    def recording(batch: Any, **kw: Any) -> np.ndarray:
+        seen.append(kw["request"])
+        return inner(batch, **kw)
+
+    policy.guided_inference = recording  # type: ignore[method-assign,assignment]
     rng = np.random.default_rng(0)
-    checked = 0
-    for length in (8, 5, 3, 1):
-        for d in (0, 1, 2, 4):
-            for s in (None, 2, 6):
-                for schedule in SCHEDULES:
-                    prev = rng.normal(size=(length, 1)).astype(np.float32)
-                    y, w = build_prefix([prev], 1, d, s, (8, 1), schedule)  # type: ignore[arg-type]
-                    found = recover_guidance(y[0], w[0])
-                    if not w.any():
-                        assert found is None
-                        continue
-                    assert found is not None
-                    rem, d2, s2, sched2 = found
-                    y2, w2 = build_prefix([rem], 1, d2, s2, (8, 1), sched2)  # type: ignore[arg-type]
-                    np.testing.assert_array_equal(w2, w)
-                    mask = w[0] > 0
-                    np.testing.assert_array_equal(y2[0][mask], y[0][mask])
-                    checked += 1
-    assert checked > 150
+    rems = [rng.normal(size=(5, 1)).astype(np.float32), rng.normal(size=(3, 1)).astype(np.float32)]
+    req = GuidanceRequest.build(rems, [2, 1], horizon=8, executed=[3, 6], schedule="linear",
+                                beta=2.0, jacobian="identity")  # fmt: skip
+    obs = {S: np.stack([state(0.1), state(0.3)])}
+    with (
+        serving(policy, max_batch=8, batch_timeout_ms=200) as srv,
+        RemotePolicy(port=srv.port) as remote,
+    ):
+        remote.set_env_seeds({"a": 1, "b": 2})
+        out = remote.guided_inference(obs, request=req, env_ids=["a", "b"])
+    rows = sorted(
+        (g.rows([i]) for g in seen for i in range(g.batch_size)), key=lambda r: -r.delay[0]
+    )
+    assert [(r.delay, r.executed, r.settings) for r in rows] == [
+        ((2,), (3,), ("linear", 2.0, "identity", "guided")),
+        ((1,), (6,), ("linear", 2.0, "identity", "guided")),
+    ]
+    for row, rem, w in zip(rows, rems, req.weights):
+        np.testing.assert_array_equal(row.remainder[0], rem)
+        np.testing.assert_array_equal(row.weights[0], w)  # the server's mask is the local one
+    policy.guided_inference = inner  # type: ignore[method-assign]
+    policy.set_env_seeds({"x": 1, "y": 2})
+    local = policy.guided_inference(obs, request=req, env_ids=["x", "y"])
+    np.testing.assert_allclose(out, local, atol=1e-5)
 
 
 def pendulums(n: int, steps: int = 30) -> gym.vector.VectorEnv:

@@ -6,7 +6,9 @@ Heavy or optional parts (runtime, Ray, websockets, MuJoCo) load on first use.
 
 from typing import Any
 
-from envactor.policy import POLICY_REGISTRY, Policy, build_policy, save_policy
+from envactor.chunking.request import GuidanceRequest
+from envactor.normalize import Normalizer
+from envactor.policy import POLICY_REGISTRY, Policy, PolicyParams, build_policy, save_policy
 from envactor.registry import COMPONENT_REGISTRY, Registry
 
 __version__ = "0.1.0"
@@ -14,7 +16,10 @@ __version__ = "0.1.0"
 __all__ = [
     "COMPONENT_REGISTRY",
     "POLICY_REGISTRY",
+    "GuidanceRequest",
+    "Normalizer",
     "Policy",
+    "PolicyParams",
     "Registry",
     "__version__",
     "build_policy",

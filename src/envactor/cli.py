@@ -42,7 +42,9 @@ def command(
 
 # ---------------------------------------------------------------------------- policies / info
 def run_policies(args: argparse.Namespace) -> int:
-    """One line per registered policy (built-ins imported, plugins listed)."""
+    """One line per registered policy (built-ins imported, plugins listed): its first docstring
+    line, then the hooks it implements (``_guided_chunk``: true RTC, else the blend;
+    ``_prefix_chunk``: the ``rtc_trained`` executor)."""
     from envactor.registry import POLICY_REGISTRY, RegistryError
 
     for name in POLICY_REGISTRY.names():
@@ -52,8 +54,8 @@ def run_policies(args: argparse.Namespace) -> int:
             print(f"{name:<16} (failed to load: {exc})")
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
-        guided = "guided" if cls.can_guide() else "blend"
-        print(f"{name:<16} [{guided}] {doc[0] if doc else ''}")
+        print(f"{name:<16} {doc[0] if doc else ''}")
+        print(f"{'':<16} hooks: {', '.join(cls.hooks())}")
     return 0
 
 
@@ -62,14 +64,19 @@ def _policies_args(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def run_info(args: argparse.Namespace) -> int:
-    """Summary of a checkpoint directory."""
+def checkpoint_info(path: str) -> dict[str, Any]:
+    """``envactor info``'s summary of a checkpoint: an envactor checkpoint directory (a run's
+    step folders included) or a LeRobot ``pretrained_model`` folder (read without LeRobot)."""
+    from envactor.interop.lerobot import describe_checkpoint, lerobot_checkpoint_dir
+
+    if lerobot_checkpoint_dir(path) is not None:
+        return describe_checkpoint(path)
     from envactor.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(args.ckpt)
+    ckpt = load_checkpoint(path)
     cfg = ckpt.config
     params = cfg.get("policy", {}).get("params", {})
-    info: dict[str, Any] = {
+    return {
         "path": str(ckpt.path.resolve()),  # the folder loaded (checkpoints/last followed)
         "policy": cfg.get("policy", {}).get("type"),
         "components": {
@@ -85,13 +92,17 @@ def run_info(args: argparse.Namespace) -> int:
         "stats_keys": sorted(ckpt.normalizer.modes) if ckpt.normalizer else [],
         "meta": {k: v for k, v in ckpt.meta.items() if k != "sha256"},
     }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Summary of a checkpoint directory (envactor's or a LeRobot ``pretrained_model``)."""
+    info = checkpoint_info(args.ckpt)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
+    action = info["action"]
     print(f"checkpoint  {info['path']}")
-    print(
-        f"policy      {info['policy']}  (H={params.get('horizon')}, A={params.get('action_dim')})"
-    )
+    print(f"policy      {info['policy']}  (H={action['horizon']}, A={action['action_dim']})")
     total = 0
     for name, c in info["components"].items():
         total += c["parameters"]
@@ -104,8 +115,15 @@ def run_info(args: argparse.Namespace) -> int:
     for key, value in info["params"].items():
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
         print(f"param       {key:<28} {shown}")
-    print(f"stats       {', '.join(info['stats_keys']) or '(none)'}")
     m = info["meta"]
+    if m.get("format") == "lerobot":
+        print(f"stats       {', '.join(info['stats_keys']) or '(none)'} (LeRobot's processors)")
+        print(
+            f"format      LeRobot checkpoint (type {m.get('lerobot_type')}): acting only, "
+            "loaded with LeRobot itself"
+        )
+        return 0
+    print(f"stats       {', '.join(info['stats_keys']) or '(none)'}")
     print(
         f"versions    envactor={m.get('envactor_version')} torch={m.get('torch_version')} "
         f"step={m.get('step')} weight_version={m.get('weight_version')}"
@@ -115,7 +133,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 @command("info", "print a checkpoint summary")
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ckpt", help="checkpoint directory")
+    p.add_argument("ckpt", help="checkpoint directory, or a LeRobot pretrained_model folder")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -141,9 +159,14 @@ def env_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def _checkpoint_shown(policy: str) -> str:
     """``policy`` as a result names it: a checkpoint as the folder that was loaded (a run's
-    ``checkpoints/last`` or a step directory as its ``policy/`` checkpoint), else as given."""
+    ``checkpoints/last`` or a step directory as its ``policy/`` checkpoint, a LeRobot training
+    step folder as its ``pretrained_model/``), else as given."""
     from envactor.checkpoint import refers_to_checkpoint, resolve_checkpoint_dir
+    from envactor.interop.lerobot import lerobot_checkpoint_dir
 
+    lerobot = lerobot_checkpoint_dir(policy)
+    if lerobot is not None:
+        return str(lerobot.resolve())
     if not refers_to_checkpoint(policy):
         return policy
     with warnings.catch_warnings():
@@ -206,8 +229,15 @@ def _add_env_args(p: argparse.ArgumentParser) -> None:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     from envactor.runtime.executors import EXECUTORS
 
-    p.add_argument("policy", help="checkpoint dir, policy YAML or registered policy name")
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. envactor/PendulumSwingUp-v0")
+    p.add_argument(
+        "policy",
+        help="checkpoint dir, LeRobot pretrained_model folder, policy YAML or registered name",
+    )
+    p.add_argument(
+        "--env",
+        required=True,
+        help="gymnasium id, e.g. envactor/PendulumSwingUp-v0 or gym_pusht/PushT-v0",
+    )
     p.add_argument("--num-envs", type=positive_int, default=8, help="parallel envs")
     p.add_argument("--episodes", type=positive_int, default=32, help="episodes to run")
     p.add_argument("--executor", default="sync", choices=EXECUTORS.names(), help="chunk executor")

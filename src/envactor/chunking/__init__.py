@@ -1,9 +1,20 @@
-"""Chunk math: soft prefix masks and guided flow sampling (real-time chunking).
+"""Chunk math: soft prefix masks, guided flow sampling (real-time chunking) and the one
+guidance request every runtime builds (:class:`GuidanceRequest`).
 
-Pure functions over numpy/torch; the executors that use them live in ``envactor.runtime``.
+Pure functions and values over numpy/torch; the executors that use them live in
+``envactor.runtime``.
 """
 
-from envactor.chunking.guidance import euler_sample, rtc_sample
+from envactor.chunking.guidance import DEFAULT_MAX_GUIDANCE_WEIGHT, euler_sample, rtc_sample
 from envactor.chunking.masks import prefix_weights, prefix_weights_torch
+from envactor.chunking.request import GuidanceMethod, GuidanceRequest
 
-__all__ = ["euler_sample", "prefix_weights", "prefix_weights_torch", "rtc_sample"]
+__all__ = [
+    "DEFAULT_MAX_GUIDANCE_WEIGHT",
+    "GuidanceMethod",
+    "GuidanceRequest",
+    "euler_sample",
+    "prefix_weights",
+    "prefix_weights_torch",
+    "rtc_sample",
+]

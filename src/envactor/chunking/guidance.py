@@ -34,8 +34,17 @@ import torch
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 Jacobian = Literal["vjp", "identity"]
+DEFAULT_MAX_GUIDANCE_WEIGHT = 5.0
+"""beta, the guidance weight clip (the RTC paper's setting); every default in envactor is this."""
 
-__all__ = ["Jacobian", "VelocityFn", "euler_sample", "guidance_weight", "rtc_sample"]
+__all__ = [
+    "DEFAULT_MAX_GUIDANCE_WEIGHT",
+    "Jacobian",
+    "VelocityFn",
+    "euler_sample",
+    "guidance_weight",
+    "rtc_sample",
+]
 
 
 def _check_num_steps(num_steps: object) -> int:
@@ -137,7 +146,7 @@ def rtc_sample(
     weights: torch.Tensor | np.ndarray | None,
     *,
     num_steps: int = 5,
-    max_guidance_weight: float = 5.0,
+    max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
     jacobian: Jacobian = "vjp",
 ) -> torch.Tensor:
     """Sample a chunk that continues ``prefix`` (real-time chunking by guidance).

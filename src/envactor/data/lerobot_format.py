@@ -26,7 +26,7 @@ import numpy as np
 
 from envactor.data.format import DTYPES, DatasetError, Feature, read_json, require_pyarrow
 
-__all__ = ["LEROBOT_VERSIONS", "EpisodeLocation", "LeRobotMeta"]
+__all__ = ["LEROBOT_VERSIONS", "EpisodeLocation", "LeRobotMeta", "tasks_table"]
 
 LEROBOT_VERSIONS = ("v3.0", "v2.1", "v2.0")
 VISUAL_DTYPES = ("video", "image")
@@ -329,3 +329,37 @@ def _aggregate(rows: list[dict[str, Any]], where: Path) -> dict[str, dict[str, l
             "count": [float(n.sum())],
         }
     return out
+
+
+def tasks_table(tasks: list[str]) -> Any:
+    """``meta/tasks.parquet``: ``task_index`` per task, the text as the (pandas) index.
+
+    LeRobot writes it from a pandas frame indexed by the task text, so the file carries pandas'
+    metadata naming ``__index_level_0__`` as the index; the same is written here by hand (no
+    pandas needed) so that readers using pandas see the text as the index.
+    """
+    pa = require_pyarrow()
+    table = pa.table(
+        {
+            "task_index": pa.array(range(len(tasks)), pa.int64()),
+            "__index_level_0__": pa.array(tasks, pa.string()),
+        }
+    )
+    unicode = {"pandas_type": "unicode", "numpy_type": "object"}
+    meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [
+            {"name": None, "field_name": None, **unicode, "metadata": {"encoding": "UTF-8"}}
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {"name": None, "field_name": "__index_level_0__", **unicode, "metadata": None},
+        ],
+    }
+    return table.replace_schema_metadata({"pandas": json.dumps(meta)})

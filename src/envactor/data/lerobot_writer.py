@@ -36,6 +36,8 @@ from envactor.data.format import (
     envactor_version,
     require_pyarrow,
 )
+from envactor.data.lerobot_format import tasks_table
+from envactor.data.stats_json import EpisodeStats
 from envactor.data.video import DEFAULT_CODEC, VideoEncoder
 from envactor.fsio import clean_stale_temps, fsync_path, make_temp_dir, write_text
 from envactor.values import dim_label, first_bad_value
@@ -52,7 +54,6 @@ INDEX_FEATURES = {
     "index": Feature((), "int64"),
     "task_index": Feature((), "int64"),
 }
-QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 
 
 def is_camera(key: str, spec: Any) -> bool:
@@ -142,7 +143,7 @@ class LeRobotWriter:
         )
         self._video = {k: _Rolling(video_file_mb) for k in self.cameras}
         self._encoders: dict[str, VideoEncoder] = {}
-        self._stats = _Stats()
+        self._stats = EpisodeStats()
 
     def _check_target(self) -> None:
         if self.root.exists() and not self.overwrite:
@@ -350,45 +351,8 @@ class LeRobotWriter:
 
     def _write_tasks(self, path: Path) -> None:
         pa = require_pyarrow()
-        names = list(self.tasks)
-        table = pa.table(
-            {
-                "task_index": pa.array([self.tasks[t] for t in names], pa.int64()),
-                "__index_level_0__": pa.array(names, pa.string()),
-            }
-        )
-        # pandas' metadata, so that readers using pandas see the task text as the index
-        pandas_meta = {
-            "index_columns": ["__index_level_0__"],
-            "column_indexes": [
-                {
-                    "name": None,
-                    "field_name": None,
-                    "pandas_type": "unicode",
-                    "numpy_type": "object",
-                    "metadata": {"encoding": "UTF-8"},
-                }
-            ],
-            "columns": [
-                {
-                    "name": "task_index",
-                    "field_name": "task_index",
-                    "pandas_type": "int64",
-                    "numpy_type": "int64",
-                    "metadata": None,
-                },
-                {
-                    "name": None,
-                    "field_name": "__index_level_0__",
-                    "pandas_type": "unicode",
-                    "numpy_type": "object",
-                    "metadata": None,
-                },
-            ],
-        }
-        table = table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        pa.parquet.write_table(table, path)
+        pa.parquet.write_table(tasks_table(list(self.tasks)), path)
 
     def _write_episodes(self, path: Path) -> None:
         pa = require_pyarrow()
@@ -435,62 +399,3 @@ def _to_arrow(values: np.ndarray, feature: Feature) -> Any:
     for n in reversed(feature.shape):
         arr = pa.FixedSizeListArray.from_arrays(arr, n)
     return arr
-
-
-class _Stats:
-    """Exact per-feature stats in LeRobot's ``stats.json`` layout.
-
-    Numeric features keep their values (float64) until ``result()``; cameras keep a 256-bin
-    histogram per channel, so image quantiles are exact too. Images are reported in [0, 1] with
-    shape ``(3, 1, 1)``, as LeRobot does.
-    """
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[np.ndarray]] = {}
-        self.hist: dict[str, np.ndarray] = {}
-
-    def update(self, arrays: Mapping[str, np.ndarray], cameras: Mapping[str, Any]) -> None:
-        for key, arr in arrays.items():
-            if key in cameras:
-                counts = np.stack(
-                    [np.bincount(arr[..., c].ravel(), minlength=256) for c in range(arr.shape[-1])]
-                )
-                self.hist[key] = self.hist.get(key, 0) + counts
-            else:
-                self.values.setdefault(key, []).append(arr.astype(np.float64))
-
-    def result(self) -> dict[str, dict[str, list[Any]]]:
-        out: dict[str, dict[str, list[Any]]] = {}
-        for key, parts in self.values.items():
-            x = np.concatenate(parts)
-            x = x[~np.isnan(x).reshape(len(x), -1).any(axis=1)]  # NaN rows: "not recorded"
-            if len(x) == 0:
-                continue
-            qs = np.quantile(x, QUANTILES, axis=0)
-            stats = {
-                "min": x.min(0),
-                "max": x.max(0),
-                "mean": x.mean(0),
-                "std": x.std(0),
-                "count": np.array([len(x)]),
-            }
-            stats.update({f"q{round(q * 100):02d}": v for q, v in zip(QUANTILES, qs)})
-            out[key] = {k: np.atleast_1d(v).tolist() for k, v in stats.items()}
-        for key, counts in self.hist.items():
-            levels = np.arange(256) / 255.0
-            total = counts.sum(axis=1, keepdims=True)
-            p = counts / total
-            mean = (p * levels).sum(axis=1)
-            std = np.sqrt((p * (levels - mean[:, None]) ** 2).sum(axis=1))
-            cum = np.cumsum(counts, axis=1)
-            nz = counts > 0
-            lo = levels[np.argmax(nz, axis=1)]
-            hi = levels[255 - np.argmax(nz[:, ::-1], axis=1)]
-            stats = {"min": lo, "max": hi, "mean": mean, "std": std}
-            for q in QUANTILES:  # the nearest-rank level: exact for uint8 data
-                rank = np.ceil(q * total[:, 0])
-                stats[f"q{round(q * 100):02d}"] = levels[np.argmax(cum >= rank[:, None], axis=1)]
-            entry = {k: v.reshape(-1, 1, 1).tolist() for k, v in stats.items()}
-            entry["count"] = [int(total[0, 0])]
-            out[key] = entry
-        return out

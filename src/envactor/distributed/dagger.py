@@ -101,6 +101,14 @@ class OnlineSettings:
                 raise ValueError(f"{name}: expected a finite number {want}, got {value!r}")
         if self.init is not None and not Path(self.init).exists():
             raise FileNotFoundError(f"init: checkpoint {self.init} does not exist")
+        if self.init is not None:  # DAgger fine-tunes its policy: LeRobot's are acting-only
+            from envactor.interop.lerobot import lerobot_checkpoint_dir
+
+            if lerobot_checkpoint_dir(self.init) is not None:
+                raise ValueError(
+                    f"--init {self.init} is a LeRobot checkpoint: LeRobot policies are "
+                    "acting-only in envactor (eval, serve, run), and DAgger trains its policy"
+                )
 
     @classmethod
     def quick(cls, **kw: Any) -> OnlineSettings:

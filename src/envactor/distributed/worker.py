@@ -78,13 +78,21 @@ def label_episode(
 ) -> np.ndarray:
     """The expert's action at every visited state ``(T, A)``: the first action of its chunk.
     All steps share one env id, so per-episode expert state (the pendulum expert's swing
-    direction) is drawn once, from ``noise_seed``."""
-    obs = {k: trajectory[k] for k in expert.input_features}
+    direction) is drawn once, from ``noise_seed``. An expert with observation history
+    (``n_obs_steps > 1``) is asked step by step, in order, so that step t's chunk sees the
+    states up to t as it would have while acting (one batch would put T rows in one env's
+    history at once)."""
+    obs = {k: np.asarray(trajectory[k]) for k in expert.input_features}
     n = len(next(iter(obs.values())))
     key = "label"
     expert.reset([key])
     expert.set_env_seeds({key: noise_seed})
-    chunk = expert.predict(obs, env_ids=[key] * n)
+    if expert.n_obs_steps > 1:
+        steps = [expert.predict({k: v[t : t + 1] for k, v in obs.items()}, env_ids=[key])
+                 for t in range(n)]  # fmt: skip
+        chunk = np.concatenate(steps) if steps else np.zeros((0, *expert.action_shape))
+    else:
+        chunk = expert.predict(obs, env_ids=[key] * n)
     expert.reset([key])
     return np.ascontiguousarray(chunk[:, 0, :], dtype=np.float32)
 

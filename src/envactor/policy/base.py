@@ -1,11 +1,14 @@
 """The one policy contract: protected hooks written per policy, public methods owned here.
 
-Subclasses implement ``_chunk`` (and ``_loss`` when trainable); optionally ``_guided_chunk``,
-``_explore`` and ``_reset``. The public methods of the three source protocols (the seed
-system's ``predict``/``guided_inference``, LeRobot's ``select_action``/``forward``/``reset``/
-``update`` and DI-engine's mode views) live here and may not be overridden, so every acting path
-gets ``eval()`` + ``inference_mode``, normalization and shape checks without each policy
-remembering them. Registration (``POLICY_REGISTRY.register``) enforces that.
+Subclasses implement ``_chunk`` (and ``_loss`` when trainable); optionally ``_guided_chunk``
+(guided sampling, the ``rtc`` executors), ``_prefix_chunk`` (training-time RTC, ``rtc_trained``),
+``_explore``, ``_reset``, ``_observe`` and ``_update`` (``envactor.policy.hooks.HOOKS`` lists
+them with their signatures). The public methods of the three source protocols (the seed system's
+``predict``/``guided_inference``, LeRobot's ``select_action``/``forward``/``reset``/``update`` and
+DI-engine's mode views) and the helpers of the acting boundary (``envactor.policy.acting``) live
+here; defining a class that overrides one is a ``ContractError``, so every acting path gets
+``eval()`` + ``inference_mode``, the acting (EMA) weights, normalization and shape checks
+without each policy remembering them.
 
 With ``n_obs_steps = n > 1`` the hooks see ``(B, n, ...)`` tensors: the acting boundary keeps
 each env's last n observations (``envactor.policy.history``), per mode view.
@@ -14,57 +17,54 @@ each env's last n observations (``envactor.policy.history``), per mode view.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from envactor.chunking.masks import Schedule
+from envactor.chunking.request import GuidanceRequest
 from envactor.normalize import Normalizer
-from envactor.policy.boundary import (
-    FastBoundary,
-    ObservationError,
-    batch_size_of,
-    dummy_observation,
-    inference_guard,
-    to_numpy,
-    to_tensor,
-)
+from envactor.policy.acting import ACTION_KEY, ActingBoundary, EnvIds, Obs, PolicyError
 from envactor.policy.ema import EmaShadow
 from envactor.policy.history import ObsHistory
-from envactor.policy.prefix import build_prefix
+from envactor.policy.hooks import check_overrides, implemented_hooks, owned_names
+from envactor.policy.modes import MODE_SCOPES, CollectMode, EvalMode, LearnMode, ModeEnv
 from envactor.policy.queues import ChunkQueues
+from envactor.policy.seed_call import guidance_from_call
 from envactor.policy.specs import FeatureSpec, PolicyParams
 from envactor.weights import LoadReport, load_state_dict_into
 
-if TYPE_CHECKING:
-    from envactor.policy.modes import CollectMode, EvalMode, LearnMode
-
-ACTION_KEY = "action"
-EnvIds = Sequence[Hashable]
-Obs = Mapping[str, Any]
+__all__ = ["ACTION_KEY", "EnvIds", "Obs", "Policy", "PolicyError"]
 
 
-class PolicyError(RuntimeError):
-    """A policy that broke its contract at run time (bad chunk shape, missing loss, ...)."""
-
-
-class Policy(nn.Module):
+class Policy(ActingBoundary, nn.Module):
     """Base class of every envactor policy. See the module docstring for the contract.
 
     Args:
         components: named ``nn.Module`` parts built from YAML; kept in ``self.components``.
         normalizer: feature and action statistics (from the checkpoint).
         **params: validated against ``Params`` (``policy.params`` in YAML).
+
+    Class settings: ``Params`` (the params model), ``trainable``, ``required_components`` and
+    ``stacks_history`` (False for a policy whose model keeps its own observation history, such
+    as a remote one: its hooks then see the current frame and ``_observe`` the others).
     """
 
     Params: ClassVar[type[PolicyParams]] = PolicyParams
     trainable: ClassVar[bool] = True
     required_components: ClassVar[tuple[str, ...]] = ()
+    stacks_history: ClassVar[bool] = True
     registered_name: ClassVar[str]
+    _owned: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not Policy._owned:
+            Policy._owned = owned_names(Policy, ActingBoundary)
+        check_overrides(cls, Policy, Policy._owned)
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class Policy(nn.Module):
                 f"policy {self.name!r} needs components {list(self.required_components)}; "
                 f"missing {missing} (got {list(self.components)})"
             )
-        self.normalizer = normalizer
+        self.normalizer: Normalizer | None = normalizer
         self.weight_version = 0
         self.config: dict[str, Any] = {}
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
@@ -90,6 +90,8 @@ class Policy(nn.Module):
         self._queues = ChunkQueues()
         self._rngs: dict[Hashable, torch.Generator] = {}
         self._n_obs = int(getattr(self.params, "n_obs_steps", 1))
+        self._stacks = self._n_obs > 1 and self.stacks_history
+        self._observe_hook = type(self)._observe is not Policy._observe
         self._history = ObsHistory(self._n_obs)
 
     # ------------------------------------------------------------------ hooks (override these)
@@ -107,24 +109,41 @@ class Policy(nn.Module):
         self,
         obs: dict[str, torch.Tensor],
         env_ids: EnvIds,
+        request: GuidanceRequest,
         prefix: torch.Tensor,
-        weights: torch.Tensor,
-        beta: float,
-        *,
-        jacobian: str = "vjp",
     ) -> torch.Tensor:
-        """A chunk conditioned on ``prefix`` (B, H, A) with mask ``weights`` (B, H).
+        """A chunk (B, H, A) guided toward ``prefix``: the request's padded remainders Y
+        (normalized, on the policy's device); ``request.weights_like(prefix)`` is the mask W
+        (B, H), ``request.beta`` and ``request.jacobian`` the sampler's settings.
 
-        The default is the post-hoc blend ``prefix * W + pred * (1 - W)``; flow policies override
-        it with true guided sampling.
-        """
-        pred = self._chunk(obs, env_ids)
-        w = weights.to(pred.dtype)[..., None]
-        return prefix * w + pred * (1.0 - w)
+        Policies without one get the post-hoc blend ``Y * W + pred * (1 - W)``."""
+        return self._blend(obs, env_ids, request, prefix)
+
+    def _prefix_chunk(
+        self,
+        obs: dict[str, torch.Tensor],
+        env_ids: EnvIds,
+        request: GuidanceRequest,
+        prefix: torch.Tensor,
+    ) -> torch.Tensor:
+        """Training-time RTC: a chunk (B, H, A) whose committed actions
+        (``request.committed_like(prefix)``, (B, H) bool) are ``prefix``'s (normalized)."""
+        raise PolicyError(f"policy {self.name!r} does not implement _prefix_chunk")
 
     def _explore(self, chunk: torch.Tensor, env_ids: EnvIds) -> torch.Tensor:
         """Collect-mode exploration on a normalized chunk (default: none)."""
         return chunk
+
+    def _reset(self, env_ids: EnvIds | None) -> None:
+        """Clear per-env state of ``env_ids`` (all when None)."""
+
+    def _observe(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> None:
+        """One step's normalized observations (B, ...) of envs that ask for no chunk this step
+        (the runtimes call ``observe`` for them when ``n_obs_steps > 1``); default: nothing
+        beyond the history the boundary keeps."""
+
+    def _update(self) -> None:
+        """Called by ``update()`` after the EMA step: target networks, counters, ..."""
 
     # ------------------------------------------------------------------ per-env randomness
     def set_env_seeds(self, seeds: Mapping[Hashable, int]) -> None:
@@ -133,22 +152,25 @@ class Policy(nn.Module):
             gen = torch.Generator()
             gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
             self._rngs[env] = gen
+            for mode in MODE_SCOPES:  # the views restart from the new seed too
+                self._rngs.pop(ModeEnv(mode, env), None)
 
     def _randn(self, env_ids: EnvIds, *shape: int) -> torch.Tensor:
         """Standard normal noise ``(B, *shape)``: row b drawn from env ``env_ids[b]``'s generator.
 
-        Envs never seeded draw from the global torch RNG.
-        """
+        Envs never seeded draw from the global torch RNG; a mode view's env draws from its own
+        copy of the env's seeded stream."""
         rows = []
+        rngs = self._rngs
         for env in env_ids:
-            gen = self._rngs.get(env)
+            gen = rngs.get(env)
+            if gen is None and type(env) is ModeEnv and env.env in rngs:
+                gen = rngs[env] = torch.Generator()
+                gen.manual_seed(rngs[env.env].initial_seed())
             rows.append(torch.randn(shape, generator=gen))
         if not rows:
             return torch.empty((0, *shape), device=self.device)
         return torch.stack(rows).to(self.device)
-
-    def _reset(self, env_ids: EnvIds | None) -> None:
-        """Clear per-env state of ``env_ids`` (all when None)."""
 
     # ------------------------------------------------------------------ specs and state
     @property
@@ -178,8 +200,18 @@ class Policy(nn.Module):
 
     @classmethod
     def can_guide(cls) -> bool:
-        """True when the class implements its own guided (conditioned) sampling."""
+        """True when the class implements its own guided sampling (``_guided_chunk``)."""
         return cls._guided_chunk is not Policy._guided_chunk
+
+    @classmethod
+    def can_prefix(cls) -> bool:
+        """True when the class implements training-time RTC (``_prefix_chunk``)."""
+        return cls._prefix_chunk is not Policy._prefix_chunk
+
+    @classmethod
+    def hooks(cls) -> list[str]:
+        """The hooks this class implements (``envactor policies`` lists them)."""
+        return implemented_hooks(cls, Policy)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Policy:
         super()._apply(fn, recurse)
@@ -189,90 +221,6 @@ class Policy(nn.Module):
         if self._ema is not None:
             self._ema.refresh()
         return self
-
-    # ------------------------------------------------------------------ mode switching
-    def _acting(self, inference: bool = True) -> AbstractContextManager[Any]:
-        """eval() + acting weights; returns the grad context to run in: inference mode (torch's
-        own guard, without the Python wrapper), or ``no_grad`` when ``inference`` is False
-        (guided sampling backpropagates through the network, which inference tensors forbid)."""
-        # Check the root flag only: walking every module each call is what made one anchor's
-        # select_action spend 200 ms in eval().
-        if self.training:
-            self.eval()
-        if self._ema is not None:
-            self._ema.use("ema")
-        return inference_guard(True) if inference else torch.no_grad()
-
-    def _learning(self) -> None:
-        if not self.training:
-            self.train()
-        if self._ema is not None:
-            self._ema.use("train")
-
-    def _normalizer(self, override: Normalizer | None) -> Normalizer:
-        norm = override if override is not None else self.normalizer
-        if norm is None:
-            modes = {k: s.norm for k, s in self.input_features.items()}
-            modes[ACTION_KEY] = self.params.action_norm
-            if all(m in ("identity", "image") for m in modes.values()):
-                norm = Normalizer(modes, {})
-                self.normalizer = norm
-            else:
-                raise PolicyError(
-                    f"policy {self.name!r} has no normalizer stats but its features need them "
-                    f"({modes}); build it from a checkpoint or set policy.normalizer"
-                )
-        return norm
-
-    def _fast_boundary(self, norm: Normalizer) -> FastBoundary | None:
-        """The numpy-in/numpy-out boundary for ``norm`` on CPU (cached per policy), else None."""
-        fast: FastBoundary | None = self.__dict__.get("_fast_boundary_cache")
-        p, device = self.params, self._device
-        if (
-            fast is None
-            or fast.norm is not norm
-            or fast.device is not device
-            or fast.features is not p.input_features
-            or fast.horizon != p.horizon
-            or fast.action_dim != p.action_dim
-        ):
-            shape = (p.horizon, p.action_dim)
-            fast = FastBoundary(p.input_features, norm, ACTION_KEY, shape, device)
-            self.__dict__["_fast_boundary_cache"] = fast  # plain data: skip Module.__setattr__
-        return fast if fast.usable else None
-
-    def _prepare(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
-        fast = self._fast_boundary(norm)
-        prepared = fast.prepare(obs) if fast is not None else None
-        return prepared if prepared is not None else self._prepare_general(obs, norm)
-
-    def _prepare_general(
-        self, obs: Obs, norm: Normalizer, steps: int = 1
-    ) -> tuple[dict[str, torch.Tensor], int]:
-        """Any device, numpy or torch inputs; raises the errors that name key and expectation.
-        ``steps > 1``: histories ``(B, steps, ...)`` (training windows)."""
-        batch = batch_size_of(obs, self.input_features, steps)
-        dev = self.device
-        out = {}
-        for key, spec in self.input_features.items():
-            out[key] = norm.normalize(key, to_tensor(key, obs[key], spec, dev))
-        return out, batch
-
-    def _checked(self, chunk: Any, batch: int, hook: str) -> torch.Tensor:
-        want = (batch, *self.action_shape)
-        if not isinstance(chunk, torch.Tensor) or tuple(chunk.shape) != want:
-            got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
-            raise PolicyError(f"policy {self.name!r}: {hook} must return shape {want}, got {got}")
-        return chunk
-
-    @staticmethod
-    def _ids(env_ids: EnvIds | None, batch: int) -> list[Hashable]:
-        if env_ids is None:
-            return list(range(batch))
-        ids = list(env_ids)
-        if len(ids) != batch:
-            raise ObservationError(f"got {len(ids)} env ids for a batch of {batch}")
-        return ids
 
     # ------------------------------------------------------------------ seed-system contract
     def predict(
@@ -291,39 +239,6 @@ class Policy(nn.Module):
         """
         return self._predict(obs, normalizer, env_ids, explore=explore)
 
-    def _predict(
-        self,
-        obs: Obs,
-        normalizer: Normalizer | None,
-        env_ids: EnvIds | None,
-        explore: bool,
-        history: ObsHistory | None = None,
-        rows: list[int] | None = None,
-    ) -> np.ndarray:
-        """Chunks for every row of ``obs`` (with history: every row is recorded in ``history``,
-        default the policy's, and only ``rows`` are predicted when given)."""
-        norm = self._normalizer(normalizer)
-        fast = self._fast_boundary(norm)
-        with self._acting():
-            prepared = fast.prepare(obs) if fast is not None else None
-            obs_t, batch = prepared or self._prepare_general(obs, norm)
-            ids: list[Hashable] = (
-                list(range(batch)) if env_ids is None else self._ids(env_ids, batch)
-            )
-            if self._n_obs > 1:
-                obs_t, ids = self._remember(obs_t, ids, history, rows)
-                batch = len(ids)
-            chunk = self._chunk(obs_t, ids)
-            hook = "_chunk"
-            if explore:
-                chunk = self._checked(chunk, batch, hook)
-                chunk, hook = self._explore(chunk, ids), "_explore"
-            out = fast.finish(chunk, batch) if fast is not None else None
-            if out is None:  # the general path checks the shape (the fast one said no)
-                chunk = self._checked(chunk, batch, hook)
-                out = to_numpy(norm.unnormalize(ACTION_KEY, chunk))
-            return out
-
     def guided_inference(
         self,
         obs: Obs,
@@ -331,72 +246,44 @@ class Policy(nn.Module):
         min_num_actions_executed: int | None = None,
         action_chunk_size: int | None = None,
         *,
+        request: GuidanceRequest | None = None,
         prev_chunk: np.ndarray | Sequence[np.ndarray] | None = None,
         delay: int | Sequence[int] = 0,
         env_ids: EnvIds | None = None,
-        method: Literal["auto", "blend"] = "auto",
-        schedule: Schedule = "exp",
-        max_guidance_weight: float = 5.0,
-        jacobian: Literal["vjp", "identity"] = "vjp",
+        method: str | None = None,
+        schedule: Schedule | None = None,
+        max_guidance_weight: float | None = None,
+        jacobian: str | None = None,
     ) -> np.ndarray:
-        """A new chunk ``(B, H, A)`` that continues ``prev_chunk`` smoothly.
+        """A new chunk ``(B, H, A)`` that continues each env's current one smoothly.
 
-        ``prev_chunk`` is the unexecuted remainder of each env's previous chunk (``(B, L, A)`` or
-        B arrays ``(L_b, A)``), index 0 = the next action to run. ``delay`` is d (per env or one
-        for all): the first d actions will run before the new chunk arrives and are frozen.
-        ``min_num_actions_executed`` is s (default ``H - L_b``). ``method="auto"`` uses the
-        policy's guided sampling when it has one (true RTC), else the post-hoc blend.
+        Give either ``request`` (a :class:`~envactor.chunking.GuidanceRequest`, what every
+        runtime sends) or its fields: ``prev_chunk``, the unexecuted remainder of each env's
+        previous chunk (``(B, L, A)`` or B arrays ``(L_b, A)``, index 0 = the next action to
+        run); ``delay`` d (per env or one for all: the first d actions run before the new chunk
+        arrives and are frozen); ``min_num_actions_executed`` s (default ``H - L_b``);
+        ``method`` ``"guided"`` (``"auto"``: the policy's guided sampling, else the blend),
+        ``"prefix"`` (training-time RTC) or ``"blend"``; ``schedule``, ``max_guidance_weight``
+        (beta) and ``jacobian``, each defaulting to the request's default. The seed system's
+        call shape, ``prev_action`` (and ``est_delay``) inside ``obs``, is read the same way.
+        With no remainder at all this is ``predict``.
         """
         horizon = self.params.horizon
         if action_chunk_size is not None and action_chunk_size != horizon:
             raise ValueError(
                 f"action_chunk_size must be the policy's H={horizon}, got {action_chunk_size}"
             )
-        if prev_chunk is None:
+        request = guidance_from_call(
+            obs, horizon, request, prev_chunk, delay, min_num_actions_executed,
+            method, schedule, max_guidance_weight, jacobian,
+        )  # fmt: skip
+        if request is None or request.is_empty:
             return self.predict(obs, normalizer, env_ids=env_ids)
-        norm = self._normalizer(normalizer)
-        guided = method == "auto" and self.can_guide()
-        with self._acting(inference=not guided):
-            obs_t, batch = self._prepare(obs, norm)
-            prefix_np, weights_np = build_prefix(
-                prev_chunk, batch, delay, min_num_actions_executed, self.action_shape, schedule
-            )
-            dev = self.device
-            prefix = norm.normalize(ACTION_KEY, torch.from_numpy(prefix_np).to(dev))
-            weights = torch.from_numpy(weights_np).to(dev)
-            ids = self._ids(env_ids, batch)
-            if self._n_obs > 1:
-                obs_t, ids = self._remember(obs_t, ids, None, None)
-            if method not in ("auto", "blend"):
-                raise ValueError(f"method must be 'auto' or 'blend', got {method!r}")
-            if not guided:
-                chunk = Policy._guided_chunk(self, obs_t, ids, prefix, weights, max_guidance_weight)
-            else:
-                chunk = self._guided_chunk(
-                    obs_t, ids, prefix, weights, max_guidance_weight, jacobian=jacobian
-                )
-            chunk = self._checked(chunk, batch, "_guided_chunk")
-            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+        return self._guided(obs, normalizer, env_ids, request)
 
     def warmup(self, batch_size: int = 1) -> None:
         """Dummy forward passes (plain and guided) from the declared input spec."""
-        ids = list(range(batch_size))
-        for guided in (False, True) if self.can_guide() else (False,):
-            with self._acting(inference=not guided):
-                obs_t = {
-                    k: to_tensor(k, v, self.input_features[k], self.device).float()
-                    for k, v in dummy_observation(self.input_features, batch_size).items()
-                }
-                if self._n_obs > 1:  # a history of n equal frames, as after a reset
-                    n = self._n_obs
-                    obs_t = {k: v[:, None].expand(-1, n, *v.shape[1:]) for k, v in obs_t.items()}
-                if not guided:
-                    self._checked(self._chunk(obs_t, ids), batch_size, "_chunk")
-                    continue
-                zeros = torch.zeros(batch_size, *self.action_shape, device=self.device)
-                weights = torch.zeros(batch_size, self.params.horizon, device=self.device)
-                chunk = self._guided_chunk(obs_t, ids, zeros, weights, 5.0)
-                self._checked(chunk, batch_size, "_guided_chunk")
+        self._warm(batch_size)
 
     def freeze_all_model_params(self) -> None:
         """Stop gradients to every parameter (acting-only deployments)."""
@@ -420,100 +307,30 @@ class Policy(nn.Module):
         self._reset(None if env_ids is None else list(env_ids))
 
     def observe(self, obs: Obs, *, env_ids: EnvIds | None = None) -> None:
-        """Record one step's observations ``(B, ...)`` in each env's history without asking for
-        a chunk (the executors call it for the envs that do not replan this step). Nothing to do
-        when ``n_obs_steps`` is 1."""
-        if self._n_obs > 1:
-            self._observe(obs, env_ids, self._history)
-
-    def _observe(self, obs: Obs, env_ids: EnvIds | None, history: ObsHistory) -> None:
-        norm = self._normalizer(None)
-        with self._acting():
-            obs_t, batch = self._prepare(obs, norm)
-            history.push(self._ids(env_ids, batch), obs_t)
-
-    def _remember(
-        self,
-        obs_t: dict[str, torch.Tensor],
-        ids: list[Hashable],
-        history: ObsHistory | None,
-        rows: list[int] | None,
-    ) -> tuple[dict[str, torch.Tensor], list[Hashable]]:
-        """Record ``obs_t`` in ``history`` (default: the policy's); the histories ``(B, n, ...)``
-        of ``rows`` (all when None) and their env ids."""
-        hist = self._history if history is None else history
-        hist.push(ids, obs_t)
-        if rows is not None:
-            ids = [ids[i] for i in rows]
-        return hist.stack(ids), ids
+        """Record one step's observations ``(B, ...)`` of envs that ask for no chunk this step
+        (the executors and the real-time controller call it every step when ``n_obs_steps >
+        1``): each env's history, and the ``_observe`` hook. A cheap no-op when ``n_obs_steps``
+        is 1 and the policy has no ``_observe``."""
+        if self._n_obs > 1 or self._observe_hook:
+            self._observe_rows(obs, env_ids, None)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Learn mode: a normalized batch through ``_loss``; returns ``{"loss": ..., ...}``."""
-        if not self.trainable:
-            raise PolicyError(f"policy {self.name!r} is not trainable")
-        self._learning()
-        norm = self._normalizer(None)
-        if self._n_obs > 1:  # training windows: (B, n_obs_steps, ...) per key
-            obs_t, n = self._prepare_general(batch, norm, self._n_obs)
-        else:
-            obs_t, n = self._prepare(batch, norm)
-        if ACTION_KEY not in batch:
-            raise ObservationError(
-                f"a training batch needs key {ACTION_KEY!r}; got {sorted(batch)}"
-            )
-        action = torch.as_tensor(batch[ACTION_KEY], dtype=torch.float32).to(self.device)
-        if tuple(action.shape) != (n, *self.action_shape):
-            raise ObservationError(
-                f"batch['action']: expected shape {(n, *self.action_shape)}, "
-                f"got {tuple(action.shape)}"
-            )
-        obs_t[ACTION_KEY] = norm.normalize(ACTION_KEY, action)
-        for key, value in batch.items():
-            if key not in obs_t and isinstance(value, np.ndarray | torch.Tensor):
-                obs_t[key] = torch.as_tensor(value).to(self.device)
-        out = self._loss(obs_t)
-        if not isinstance(out, dict) or "loss" not in out:
-            raise PolicyError(f"policy {self.name!r}: _loss must return a dict with key 'loss'")
-        return out
+        return self._learn(batch)
 
     def select_action(self, batch: Obs, *, env_ids: EnvIds | None = None) -> np.ndarray:
         """One action per row ``(B, A)``; each env replans only when its own queue is empty.
         Every call's observations enter the envs' histories (``n_obs_steps > 1``)."""
         return self._act_from_queues(batch, env_ids, self._queues, explore=False)
 
-    def _act_from_queues(
-        self,
-        batch: Obs,
-        env_ids: EnvIds | None,
-        queues: ChunkQueues,
-        explore: bool,
-        history: ObsHistory | None = None,
-    ) -> np.ndarray:
-        n = batch_size_of(batch, self.input_features)
-        ids = self._ids(env_ids, n)
-        rows = [i for i, e in enumerate(ids) if queues.needs_chunk(e)]
-        if self._n_obs > 1 and not rows:  # every step's observation enters the history
-            self._observe(batch, ids, self._history if history is None else history)
-        elif rows:
-            if self._n_obs > 1:
-                chunks = self._predict(batch, None, ids, explore, history, rows)
-            else:
-                keys = self.input_features
-                sub = {k: batch[k][rows] if len(rows) < n else batch[k] for k in keys}
-                chunks = self._predict(sub, None, [ids[i] for i in rows], explore)
-            s = self.params.n_action_steps
-            for j, i in enumerate(rows):
-                queues.push(ids[i], chunks[j, :s])
-        return np.stack([queues.pop(e) for e in ids])
-
     def update(self) -> None:
-        """One EMA step of the weights (no-op unless ``ema_decay`` is set)."""
+        """One EMA step of the weights (when ``ema_decay`` is set), then the ``_update`` hook."""
         decay = self.params.ema_decay
-        if decay is None:
-            return
-        if self._ema is None:
-            self._ema = EmaShadow(self.components, decay)
-        self._ema.step()
+        if decay is not None:
+            if self._ema is None:
+                self._ema = EmaShadow(self.components, decay)
+            self._ema.step()
+        self._update()
 
     # ------------------------------------------------------------------ weights
     def acting_state_dict(self, *, copy: bool = True) -> dict[str, dict[str, torch.Tensor]]:
@@ -554,20 +371,14 @@ class Policy(nn.Module):
     @cached_property
     def learn_mode(self) -> LearnMode:
         """Training view: ``forward(batch)`` runs one optimization step."""
-        from envactor.policy.modes import LearnMode
-
         return LearnMode(self)
 
     @cached_property
     def collect_mode(self) -> CollectMode:
         """Exploring view: ``forward({env_id: obs}) -> {env_id: action}``."""
-        from envactor.policy.modes import CollectMode
-
         return CollectMode(self)
 
     @cached_property
     def eval_mode(self) -> EvalMode:
         """Deterministic view: ``forward({env_id: obs}) -> {env_id: action}``."""
-        from envactor.policy.modes import EvalMode
-
         return EvalMode(self)

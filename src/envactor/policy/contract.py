@@ -1,23 +1,19 @@
-"""What registration checks of a policy class: public methods kept, required hooks present."""
+"""What registration checks of a policy class: a ``Policy`` subclass with its required hooks.
+
+That a class keeps the base class's methods is checked when the class is defined
+(``Policy.__init_subclass__``, ``envactor.policy.hooks``), registered or not; the registry checks
+it again for classes built around that (``type(...)`` with a patched namespace).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from envactor.policy.acting import ActingBoundary
 from envactor.policy.base import Policy
+from envactor.policy.hooks import ContractError, check_overrides, owned_names
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY, RegistryError
-
-PUBLIC_METHODS = frozenset(
-    {
-        "predict", "guided_inference", "warmup", "freeze_all_model_params", "reset", "forward",
-        "select_action", "update", "learn_mode", "collect_mode", "eval_mode", "load_weights",
-        "acting_state_dict", "set_env_seeds", "name", "input_features", "action_shape",
-        "device", "can_guide", "observe", "n_obs_steps",
-        "_acting", "_learning", "_predict", "_prepare", "_act_from_queues", "_observe",
-        "_remember",
-    }
-)  # fmt: skip
 
 
 def check_policy_class(name: str, cls: Any) -> None:
@@ -25,16 +21,10 @@ def check_policy_class(name: str, cls: Any) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise RegistryError(f"policy {name!r}: expected a subclass of envactor.Policy, got {cls!r}")
     where = f"policy {name!r} ({cls.__module__}.{cls.__qualname__})"
-    for klass in cls.__mro__:
-        if klass is Policy:
-            break
-        bad = sorted(PUBLIC_METHODS & set(vars(klass)))
-        if bad:
-            raise RegistryError(
-                f"{where} overrides public method(s) {bad} of envactor.Policy (defined in "
-                f"{klass.__qualname__}); implement the hooks _chunk/_loss/_guided_chunk/_explore/"
-                f"_reset instead"
-            )
+    try:
+        check_overrides(cls, Policy, owned_names(Policy, ActingBoundary))
+    except ContractError as exc:
+        raise RegistryError(f"{where}: {exc}") from None
     required = ["_chunk"] + (["_loss"] if cls.trainable else [])
     missing = [h for h in required if getattr(cls, h) is getattr(Policy, h)]
     if missing:

@@ -36,14 +36,22 @@ def encode_observation(
 
 
 def feature_size(policy: Policy) -> int:
-    """Width of the concatenated, flattened observation features the encoder reads."""
+    """Width of the concatenated, flattened observation features the encoder reads: the sum of
+    the input features' sizes, times ``n_obs_steps`` (the history is flattened with them)."""
     total = 0
     for spec in policy.input_features.values():
         n = 1
         for d in spec.shape:
             n *= d
         total += n
-    return total
+    return total * policy.n_obs_steps
+
+
+def feature_size_origin(policy: Policy) -> str:
+    """Where ``feature_size`` comes from, for error messages."""
+    n = policy.n_obs_steps
+    base = "sum of input_features sizes"
+    return base if n == 1 else f"{base} x policy.params.n_obs_steps={n}"
 
 
 def check_dims(policy: Policy, component: str, expected: Mapping[str, tuple[int, str]]) -> None:
@@ -90,7 +98,8 @@ def edge_fill(action: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
 def check_encoder_head(policy: Policy, head: str) -> None:
     """Check ``encoder.in_dim`` against the features and ``head``'s horizon, action_dim and
     cond_dim against the params and ``encoder.out_dim`` (the encoder -> chunk-head layout)."""
-    check_dims(policy, "encoder", {"in_dim": (feature_size(policy), "sum of input_features sizes")})
+    check_history_encoder(policy)
+    check_dims(policy, "encoder", {"in_dim": (feature_size(policy), feature_size_origin(policy))})
     check_encoder_features(policy)
     expected = {
         "horizon": (policy.params.horizon, "policy.params.horizon"),
@@ -100,6 +109,24 @@ def check_encoder_head(policy: Policy, head: str) -> None:
     if isinstance(cond, int):
         expected["cond_dim"] = (cond, "model.components.encoder.out_dim")
     check_dims(policy, head, expected)
+
+
+def check_history_encoder(policy: Policy) -> None:
+    """Raise PolicyError when ``n_obs_steps > 1`` meets an encoder that reads the observation
+    dict (``observation_encoder``): it reads one frame ``(B, *shape)`` per key, while a policy
+    with history gets ``(B, n_obs_steps, *shape)``. A flat encoder (``mlp``) reads the history
+    flattened, so its ``in_dim`` is ``n_obs_steps`` times the features' size."""
+    n = policy.n_obs_steps
+    encoder = policy.components["encoder"]
+    if n > 1 and reads_observation_dict(encoder):
+        cams = [k for k, s in policy.input_features.items() if s.norm == "image"]
+        what = f"cameras {cams}" if cams else "an observation_encoder"
+        raise PolicyError(
+            f"policy {policy.name!r}: policy.params.n_obs_steps={n} with {what}: "
+            f"model.components.encoder ({type(encoder).__name__}) reads one frame (B, *shape) "
+            f"per key, not a history (B, {n}, *shape); use n_obs_steps 1 with cameras, or an "
+            f"mlp encoder over state features (in_dim = {n} x their size)"
+        )
 
 
 def check_encoder_features(policy: Policy) -> None:
@@ -138,15 +165,18 @@ def is_camera(spec: Mapping[str, Any]) -> bool:
 
 
 def encoder_overrides(
-    components: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]]
+    components: Mapping[str, Any],
+    features: Mapping[str, Mapping[str, Any]],
+    n_obs_steps: int = 1,
 ) -> list[str]:
     """Overrides that size a built-in policy's ``encoder`` for ``features``.
 
     ``components`` is the config's ``model.components``. With a camera among ``features``, an
     ``mlp`` encoder becomes an ``observation_encoder`` with the same ``out_dim``, hidden layers,
     activation, dropout and layer norm; without one, an ``mlp`` encoder's ``in_dim`` becomes the
-    flattened size. An ``observation_encoder`` reads ``${policy.params.input_features}``. Other
-    encoders (and policies without one) are left as they are.
+    flattened size times ``n_obs_steps`` (the policy's observation history). An
+    ``observation_encoder`` reads ``${policy.params.input_features}``. Other encoders (and
+    policies without one) are left as they are.
     """
     enc = components.get("encoder")
     if not isinstance(enc, Mapping):
@@ -164,7 +194,7 @@ def encoder_overrides(
             for d in spec["shape"]:
                 n *= int(d)
             size += n
-        return [f"{key}.in_dim={size}"]
+        return [f"{key}.in_dim={size * n_obs_steps}"]
     carried = ("out_dim", "hidden_dims", "activation", "dropout", "layer_norm")
     cfg: dict[str, Any] = {"type": "observation_encoder"}
     cfg.update({k: enc[k] for k in carried if k in enc})

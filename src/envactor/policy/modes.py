@@ -3,14 +3,17 @@
 Each view has ``init``, ``reset``, ``forward``, ``state_dict`` and ``load_state_dict``. The acting
 views take ``{env_id: obs}`` (one unbatched observation per env) and return ``{env_id: action}``,
 executing chunks per env (H predicted, s executed, per-env queues); env ids are any hashable keys.
-Each acting view owns its queues and observation histories: resetting env 0 of ``collect_mode``
-leaves env 0 of ``eval_mode`` (and of the policy's own ``select_action``) as it was.
+Each acting view owns its state: its queues and observation histories, and the policy's per-env
+state, since the hooks see a view's env ``e`` as ``ModeEnv(view, e)`` (its noise too: a copy of
+env ``e``'s seeded stream). Resetting env 0 of ``collect_mode`` leaves env 0 of ``eval_mode``
+(and of the policy's own ``select_action``) as it was; ``Policy.reset()`` clears every view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +23,18 @@ from envactor.policy.queues import ChunkQueues
 
 if TYPE_CHECKING:
     from envactor.policy.base import EnvIds, Policy
+
+
+@dataclass(frozen=True)
+class ModeEnv:
+    """The env id a hook sees for env ``env`` of the acting view ``mode`` (``"eval"`` or
+    ``"collect"``), so per-env state kept by a policy is per view."""
+
+    mode: str
+    env: Hashable
+
+
+MODE_SCOPES = ("eval", "collect")
 
 
 def stack_observations(
@@ -42,11 +57,13 @@ def stack_observations(
 
 class _ActingMode:
     explore = False
+    scope: ClassVar[str] = "eval"
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._queues = ChunkQueues()
         self._history = ObsHistory(policy.n_obs_steps)
+        self._seen: set[Hashable] = set()
 
     def init(self) -> None:
         """Put the policy in acting state and forget pending actions and histories."""
@@ -57,20 +74,25 @@ class _ActingMode:
         """Forget this view's pending actions and histories of ``env_ids`` (all when None)."""
         self._queues.reset(env_ids)
         self._history.reset(env_ids)
+        if env_ids is None:
+            self._seen.clear()
 
     def reset(self, env_ids: EnvIds | None = None) -> None:
-        """Clear pending actions, histories and per-env state of ``env_ids`` only (all when
-        None)."""
+        """Clear this view's pending actions, histories and per-env policy state of ``env_ids``
+        (all its envs when None); other views and the policy's own state are untouched."""
+        ids = list(self._seen if env_ids is None else env_ids)
         self._clear(env_ids)
-        self._policy._reset(None if env_ids is None else list(env_ids))
+        if ids:
+            self._policy._reset([ModeEnv(self.scope, e) for e in ids])
 
     def forward(self, obs: Mapping[Hashable, Mapping[str, Any]]) -> dict[Hashable, np.ndarray]:
         """``{env_id: obs}`` -> ``{env_id: action}``; envs replan independently."""
         if not obs:
             return {}
         ids, batch = stack_observations(obs, list(self._policy.input_features))
+        self._seen.update(ids)
         actions = self._policy._act_from_queues(
-            batch, ids, self._queues, explore=self.explore, history=self._history
+            batch, ids, self._queues, self.explore, self._history, self.scope
         )
         return dict(zip(ids, actions))
 
@@ -90,11 +112,14 @@ class _ActingMode:
 class EvalMode(_ActingMode):
     """Deterministic acting."""
 
+    scope = "eval"
+
 
 class CollectMode(_ActingMode):
     """Acting with the policy's exploration (``_explore``)."""
 
     explore = True
+    scope = "collect"
 
 
 class LearnMode:

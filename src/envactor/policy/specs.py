@@ -135,8 +135,11 @@ class PolicyParams(StrictNumbers):
     """Parameters every policy takes (``policy.params`` in YAML); subclasses add their own.
 
     ``horizon`` is H (actions per predicted chunk) and ``n_action_steps`` is s (actions executed
-    before the next chunk takes over), as in docs/chunking.md. Subclasses inherit the strict
-    numbers of :class:`StrictNumbers`: no booleans for numbers, no infinities or NaN.
+    before the next chunk takes over), as in docs/chunking.md. ``n_obs_steps`` is how many of
+    each env's latest observations the policy reads (1: the current one; above 1 its hooks see
+    ``(B, n_obs_steps, ...)``, oldest first, and training windows carry that history).
+    Subclasses inherit the strict numbers of :class:`StrictNumbers`: no booleans for numbers,
+    no infinities or NaN.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -146,6 +149,7 @@ class PolicyParams(StrictNumbers):
     action_norm: NormName = "mean_std"
     horizon: int = Field(default=8, gt=0)
     n_action_steps: int = Field(default=4, gt=0)
+    n_obs_steps: int = Field(default=1, gt=0)
     ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
     control_hz: float | None = Field(default=None, gt=0.0)
 

@@ -4,6 +4,13 @@
 with exponential backoff when the server goes away, and raises clear errors: an error reply is a
 ``RemoteError``, a refused API key an ``AuthenticationError``, a server that stays gone a
 ``ServerUnavailableError``. Not for concurrent use from several threads (calls are serialized).
+
+Real-time chunking requests carry a :class:`~envactor.chunking.GuidanceRequest` for the robot
+(built here from ``prev_action``/``est_delay``/``executed``/``rtc``, checked before sending, or
+given whole). For a policy with observation history (metadata ``n_obs_steps > 1``) call
+:meth:`PolicyClient.observe` on every control step that does not call ``infer``: the server then
+sees every step (openpi's protocol has no such frame; without it the history holds only the
+observations of the requests).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from envactor.chunking.request import GuidanceRequest
 from envactor.runtime.wire import packb, unpackb
 
 if TYPE_CHECKING:
@@ -121,15 +129,44 @@ class PolicyClient:
         est_delay: int | None = None,
         executed: int | None = None,
         rtc: Mapping[str, Any] | None = None,
+        guidance: GuidanceRequest | None = None,
     ) -> dict[str, Any]:
         """One observation (unbatched) -> ``{"actions": (H, A), "server_timing", ...}``.
 
         With ``prev_action`` (the unexecuted remainder (L, A) of the current chunk) and
         ``est_delay`` (d), the server runs real-time chunking; ``executed`` is s and ``rtc`` holds
-        ``schedule``/``max_guidance_weight``/``jacobian``/``method``. Arrays in the reply are
-        read-only views of the received frame.
+        ``schedule``/``max_guidance_weight``/``jacobian``/``method``/``executor``. Or pass
+        ``guidance``, a one-robot request. Arrays in the reply are read-only views of the
+        received frame.
         """
-        return self._call(packb(infer_message(obs, prev_action, est_delay, executed, rtc)))
+        executor, omit = None, ()
+        if prev_action is not None:
+            if guidance is not None:
+                raise TypeError("PolicyClient.infer: give guidance= or prev_action=, not both")
+            opts = dict(rtc or {})
+            known = ("schedule", "max_guidance_weight", "jacobian", "method", "executor")
+            unknown = sorted(set(map(str, opts)) - set(known))
+            if unknown:
+                raise ValueError(f"rtc: unknown options {unknown}; expected {sorted(known)}")
+            executor = opts.pop("executor", None)
+            if executor is not None:  # the named executor's method and jacobian, unless given
+                omit = tuple(k for k in ("method", "jacobian") if k not in opts)
+            if "max_guidance_weight" in opts:
+                opts["beta"] = opts.pop("max_guidance_weight")
+            horizon = int(self.metadata.get("action_shape", [len(prev_action)])[0])
+            guidance = GuidanceRequest.build(
+                [_plain(prev_action)], [int(est_delay or 0)], horizon=horizon,
+                executed=executed, **opts,
+            )  # fmt: skip
+        return self._call(packb(infer_message(obs, guidance, executor, omit)))
+
+    def observe(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """envactor control frame: record one step's observation (unbatched) in this robot's
+        history on the server without asking for a chunk (policies with ``n_obs_steps > 1``;
+        a no-op on the server otherwise)."""
+        frame = {str(k): _plain(v) for k, v in obs.items()}
+        frame["__ctrl__"] = "observe"
+        return self._call(packb(frame))
 
     def episode_start(
         self, *, experiment: str = "", task: str = "", episode_id: int = 0
@@ -282,18 +319,27 @@ class PolicyClient:
 
 def infer_message(
     obs: Mapping[str, Any],
-    prev_action: Any = None,
-    est_delay: int | None = None,
-    executed: int | None = None,
-    rtc: Mapping[str, Any] | None = None,
+    guidance: GuidanceRequest | None = None,
+    executor: str | None = None,
+    omit: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The request frame for one observation (and optional real-time-chunking fields)."""
+    """The request frame for one observation and optionally its one-robot guidance request
+    (the wire fields ``prev_action``, ``est_delay``, ``executed`` and ``rtc``); ``executor``
+    names the server's executor, ``omit`` the ``rtc`` settings left to it."""
     msg = {str(k): _plain(v) for k, v in obs.items()}
-    if prev_action is not None:
-        msg["prev_action"] = np.asarray(_plain(prev_action), dtype=np.float32)
-        msg["est_delay"] = int(est_delay or 0)
-        if executed is not None:
-            msg["executed"] = int(executed)
-        if rtc:
-            msg["rtc"] = dict(rtc)
+    if guidance is not None:
+        if guidance.batch_size != 1:
+            raise ValueError(
+                f"a request frame carries one robot's guidance, got {guidance.batch_size} envs"
+            )
+        msg["prev_action"] = np.ascontiguousarray(guidance.remainder[0], dtype=np.float32)
+        msg["est_delay"] = int(guidance.delay[0])
+        msg["executed"] = int(guidance.executed[0])
+        rtc: dict[str, Any] = {
+            "schedule": guidance.schedule, "max_guidance_weight": guidance.beta,
+            "jacobian": guidance.jacobian, "method": guidance.method,
+        }  # fmt: skip
+        if executor is not None:
+            rtc["executor"] = executor
+        msg["rtc"] = {k: v for k, v in rtc.items() if k not in omit}
     return msg

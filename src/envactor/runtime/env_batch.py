@@ -114,7 +114,8 @@ class VectorEnvBatch(EnvBatch):
 
     def reset(self, seeds: Mapping[Hashable, int]) -> dict[Hashable, dict[str, np.ndarray]]:
         mask = np.zeros(self.envs.num_envs, dtype=bool)
-        seed_list: list[int | None] = [None] * self.envs.num_envs
+        # gymnasium's vector reset takes a seed per env at run time; its annotation says int
+        seed_list: Any = [None] * self.envs.num_envs
         for e, s in seeds.items():
             mask[self._pos[e]] = True
             seed_list[self._pos[e]] = int(s)

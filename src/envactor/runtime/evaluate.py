@@ -79,21 +79,25 @@ def make_vector_env(
 ) -> gym.vector.VectorEnv:
     """A gymnasium vector env of ``env_id`` with autoreset off (the actor resets and seeds).
 
-    An unknown id raises ``UnknownEnvError`` (with the closest registered ids), keywords the
-    env does not take a ``ValueError`` naming them, before any worker starts.
+    Each env is made by ``envactor.envs.lerobot_sims.make_env``: LeRobot's simulations
+    (``gym_pusht/PushT-v0``, ...) get LeRobot's observation names (``observation.image``,
+    ``observation.state``), every other id is ``gymnasium.make``'s. An unknown id raises
+    ``UnknownEnvError`` (with the closest registered ids), keywords the env does not take a
+    ``ValueError`` naming them, before any worker starts.
     """
     from envactor.envs import check_env_id  # also registers the embedded envactor/... tasks
+    from envactor.envs.lerobot_sims import make_env
 
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     check_env_id(env_id)
-    fns = [lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)]
+    fns = [lambda: make_env(env_id, **env_kwargs) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.DISABLED
     try:
         if vectorization == "async":
-            gym.make(env_id, **env_kwargs).close()  # bad keywords fail here, not in a worker
+            make_env(env_id, **env_kwargs).close()  # bad keywords fail here, not in a worker
             return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     except TypeError as exc:

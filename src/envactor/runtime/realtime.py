@@ -9,10 +9,15 @@ runs the policy and swaps the new chunk in at index = control steps run since th
 no action is executed twice or skipped. Index i of a chunk snapshotted after step t0 is the
 action for step ``t0 + i``.
 
-Executors: ``rtc`` (guided inference, true VJP; the blend for policies without guided sampling),
-``rtc_identity`` (identity-Jacobian shortcut), ``blend`` (post-hoc prefix blend), ``naive_async``
-(plain predict, stale actions skipped) and ``sync`` (the control loop holds the last action from
-step s_min until the new chunk arrives, which then runs from index 0).
+Executors: any registered in ``envactor.runtime.executors.EXECUTORS``, the registry the vector
+actor and the policy server use: the executor makes the policy call (``rtc``: guided inference,
+true VJP, the blend for policies without guided sampling; ``rtc_identity``; ``blend``;
+``rtc_trained``: training-time RTC; ``naive_async``, ``temporal_ensemble`` and ``sync``: plain
+predict) and its rules say when to ask, where a new chunk starts (stale actions skipped; ``sync``
+from index 0 after holding the last action) and what runs (``temporal_ensemble`` averages).
+
+Observation history (``n_obs_steps > 1``): every control tick's observation reaches the policy
+(``observe`` for the ticks without a request, from the inference thread; see ``realtime_chunks``).
 
 Health limits (``realtime_health.py``) fail a run that keeps its loops alive but does not
 control: too many held steps, chunks that run out, steps that end after the next was due. A
@@ -33,16 +38,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from envactor.chunking.guidance import DEFAULT_MAX_GUIDANCE_WEIGHT
+from envactor.chunking.request import DEFAULT_SCHEDULE
 from envactor.policy.base import Policy
-from envactor.runtime.realtime_chunks import GUIDED, HELD, SAFE, ChunkBoard, Fault, infer_chunk
+from envactor.registry import RegistryError
+from envactor.runtime.executors import EXECUTORS, ChunkExecutor, make_executor
+from envactor.runtime.realtime_chunks import HELD, SAFE, ChunkBoard, Fault, infer_chunk, one_row
 from envactor.runtime.realtime_clock import Clock
 from envactor.runtime.realtime_health import HealthLimits, HealthMonitor
 from envactor.runtime.realtime_robot import TIMESTAMP_KEY, Robot, SimulatedRobot
 from envactor.runtime.realtime_safety import ActionFilter, SafeAction, resolve_safe_action
 from envactor.runtime.realtime_telemetry import Telemetry
 
-EXECUTORS = ("rtc", "rtc_identity", "blend", "naive_async", "sync")
-__all__ = ["EXECUTORS", "HELD", "SAFE", "HealthLimits", "RealtimeController"]
+__all__ = ["HELD", "SAFE", "HealthLimits", "RealtimeController"]
 
 
 class RealtimeController:
@@ -52,7 +60,8 @@ class RealtimeController:
         policy: any envactor policy (one env; observations get a batch dim of 1).
         robot: a :class:`~envactor.runtime.realtime_robot.Robot`.
         hz: control rate.
-        executor: one of ``EXECUTORS``.
+        executor: a registered executor name (``EXECUTORS.names()``; its ``delay`` is the
+            measured one, not a setting).
         s_min: actions of a chunk that run before the next is requested (default: the
             policy's ``n_action_steps``).
         delay_buffer: b, how many measured delays the forecast takes the max over.
@@ -63,6 +72,7 @@ class RealtimeController:
             max(1 s, 2 H periods)).
         safe_action: written on a safe stop: ``"hold"`` (last action; zeros if none),
             ``"zeros"`` or an array.
+        schedule, max_guidance_weight: the soft mask and beta of guidance requests.
         warmup: run the policy once (plain and guided) on the first observation before timing.
         join_timeout: seconds to wait for the inference thread at shutdown.
         switch_interval: Python's GIL switch interval during the run (restored after), so the
@@ -88,16 +98,20 @@ class RealtimeController:
         max_obs_age: float | Literal["auto"] | None = "auto",
         inference_timeout: float | None = None,
         safe_action: SafeAction = "hold",
-        schedule: str = "exp",
-        max_guidance_weight: float = 5.0,
+        schedule: str = DEFAULT_SCHEDULE,
+        max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
         warmup: bool = True,
         join_timeout: float = 2.0,
         switch_interval: float | None = 0.001,
         limits: HealthLimits | None = HealthLimits(),  # noqa: B008  (frozen, shared safely)
         clock: Clock | None = None,
     ) -> None:
-        if executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+        try:
+            executor_cls = EXECUTORS.get(executor)
+        except RegistryError:
+            raise ValueError(
+                f"executor must be one of {EXECUTORS.names()}, got {executor!r}"
+            ) from None
         if isinstance(hz, bool) or not (math.isfinite(hz) and hz > 0):
             raise ValueError(f"hz must be a finite number > 0, got {hz!r}")
         self.clock = clock or Clock()
@@ -120,6 +134,11 @@ class RealtimeController:
                 f"robot action_space shape {shape} does not hold the policy's action_dim={adim}"
             )
         self.policy, self.robot, self.executor = policy, robot, executor
+        self.rules: ChunkExecutor = make_executor(
+            executor, policy, n_action_steps=s, schedule=schedule,
+            max_guidance_weight=max_guidance_weight,
+        )  # fmt: skip
+        self.holds_while_waiting = bool(executor_cls.holds_while_waiting)
         self.hz, self.period = float(hz), 1.0 / float(hz)
         self.horizon, self.s_min, self.delay_buffer = horizon, s, int(delay_buffer)
         self.filter = ActionFilter(robot.action_space, max_delta)
@@ -129,7 +148,6 @@ class RealtimeController:
         )
         resolve_safe_action(safe_action, None, shape)  # validate now, not at the safe stop
         self.safe_action = safe_action
-        self.schedule, self.max_guidance_weight = schedule, float(max_guidance_weight)
         self.warmup, self.join_timeout = warmup, float(join_timeout)
         self.switch_interval = switch_interval
         self.limits = limits
@@ -231,9 +249,9 @@ class RealtimeController:
         self.actions, self.sources = [], []
         self._last_written = None
         self._stop_request = None
-        sync = self.executor == "sync"
+        n_obs = int(getattr(self.policy, "n_obs_steps", 1))
         return ChunkBoard(
-            self.s_min, self.delay_buffer, self.period, sync, self.telemetry, self.clock
+            self.rules, self.delay_buffer, self.period, self.telemetry, self.clock, n_obs
         )
 
     def _install_signals(self) -> dict[signal.Signals, Any]:
@@ -250,10 +268,7 @@ class RealtimeController:
         return previous
 
     def _infer(self, obs: dict[str, Any], remainder: np.ndarray, d: int, s: int) -> np.ndarray:
-        return infer_chunk(
-            self.policy, self.executor, obs, remainder, d, s, self.schedule,
-            self.max_guidance_weight,
-        )  # fmt: skip
+        return infer_chunk(self.rules, obs, remainder, d, s)
 
     def _first_chunk(self) -> None:
         obs = self.robot.read()
@@ -262,7 +277,7 @@ class RealtimeController:
         try:
             if self.warmup:
                 self._infer(obs, np.zeros((0, adim), np.float32), 0, 0)
-                if self.executor in GUIDED:
+                if self.rules.method is not None:
                     rem = np.zeros((self.horizon - self.s_min, adim), np.float32)
                     self._infer(obs, rem, 1, self.s_min)
                 self.policy.reset()
@@ -280,6 +295,8 @@ class RealtimeController:
         try:
             while (snap := board.wait_snapshot()) is not None:
                 try:
+                    for frame in snap.earlier:  # the ticks since the last snapshot, in order
+                        self.policy.observe(one_row(self.policy, frame), env_ids=[0])
                     chunk = self._infer(snap.obs, snap.remainder, snap.delay, snap.executed)
                 except Exception as exc:
                     board.fail(exc)
@@ -317,7 +334,9 @@ class RealtimeController:
         tel, period, clock = self.telemetry, self.period, self.clock
         origin = clock.now()
         monitor = self._monitor = (
-            None if self.limits is None else HealthMonitor(self.limits, self.executor, origin)
+            None
+            if self.limits is None
+            else HealthMonitor(self.limits, self.executor, origin, self.holds_while_waiting)
         )
         slot = 0  # the control period the next step belongs to
         while True:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from envactor.runtime.cli_args import OFF, number, or_off
-from envactor.runtime.realtime import EXECUTORS
+from envactor.runtime.executors import EXECUTORS
 
 __all__ = ["LIMIT_FLAGS", "add_run_args", "run_run"]
 
@@ -57,7 +57,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hz", type=positive, default=50.0, help="control rate (default 50)")
     p.add_argument("--seconds", type=positive, default=30.0, help="run length (default 30)")
-    p.add_argument("--executor", default="rtc", choices=EXECUTORS, help="default rtc")
+    p.add_argument("--executor", default="rtc", choices=EXECUTORS.names(), help="default rtc")
     p.add_argument(
         "--s-min", type=number(int, ge=1), default=None, help="s_min (default: the policy's s)"
     )

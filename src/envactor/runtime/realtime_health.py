@@ -79,19 +79,29 @@ class HealthLimits:
         if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
             raise ValueError(f"grace_s: expected a finite number >= 0, got {self.grace_s!r}")
 
-    def held_limit(self, executor: str) -> float | None:
-        """``max_held_fraction`` with ``"auto"`` resolved for ``executor``."""
+    def held_limit(self, executor: str, holds: bool | None = None) -> float | None:
+        """``max_held_fraction`` with ``"auto"`` resolved for ``executor``: 0.5 for one that
+        holds while a chunk is in flight (``holds``; default: what the registered executor of
+        that name says, as ``sync`` does), else 0.2."""
         if self.max_held_fraction == "auto":
-            return 0.5 if executor == "sync" else 0.2
+            if holds is None:
+                from envactor.runtime.executors import EXECUTORS
+
+                holds = (
+                    executor in EXECUTORS.names() and EXECUTORS.get(executor).holds_while_waiting
+                )
+            return 0.5 if holds else 0.2
         return self.max_held_fraction
 
 
 class HealthMonitor:
     """Applies :class:`HealthLimits` to one run's :class:`Telemetry` (one call per step)."""
 
-    def __init__(self, limits: HealthLimits, executor: str, start: float) -> None:
+    def __init__(
+        self, limits: HealthLimits, executor: str, start: float, holds: bool | None = None
+    ) -> None:
         self.limits, self.start = limits, start
-        self.held_limit = limits.held_limit(executor)
+        self.held_limit = limits.held_limit(executor, holds)
         self._missed_seen = 0
         self._missed_at: deque[float] = deque()
 

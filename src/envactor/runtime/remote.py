@@ -1,11 +1,17 @@
 """``RemotePolicy``: a policy server that looks like a local envactor ``Policy`` to the runtime.
 
-The vector actor and the executors call ``predict``, ``guided_inference``, ``reset`` and
-``set_env_seeds`` as usual. Each env id gets its own connection (so the server batches the rows
-of one call into one forward pass and keeps per-env state per connection); the rows of a call
-are sent on every connection before any reply is read. The SERVER normalizes inputs and
-unnormalizes actions, so this side uses identity normalization. Per-env seeds are forwarded
-(``set_seed`` control frames) so seeded runs reproduce the local policy's noise.
+The vector actor, the executors and the real-time controller call ``predict``,
+``guided_inference``, ``observe``, ``reset`` and ``set_env_seeds`` as usual. Each env id gets its
+own connection (so the server batches the rows of one call into one forward pass and keeps
+per-env state per connection); the rows of a call are sent on every connection before any reply
+is read. The SERVER normalizes inputs and unnormalizes actions, so this side uses identity
+normalization. Guided and training-time-RTC calls send each row's GuidanceRequest itself
+(remainder, d, s and settings), so the server rebuilds exactly the local mask. Per-env seeds are
+forwarded (``set_seed`` control frames) so seeded runs reproduce the local policy's noise.
+
+Observation history: the SERVER keeps it (``n_obs_steps`` from the metadata). This side does not
+stack frames (``stacks_history = False``): each request carries the current observation, and the
+steps without a request reach the server as ``observe`` control frames (the ``_observe`` hook).
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from envactor.chunking.masks import SCHEDULES, prefix_weights
+from envactor.chunking.request import GuidanceRequest
 from envactor.normalize import Normalizer
-from envactor.policy.base import ACTION_KEY, EnvIds, Policy, PolicyError
+from envactor.policy.base import ACTION_KEY, EnvIds, Policy
 from envactor.policy.boundary import ObservationError
 from envactor.runtime.client import PolicyClient, RemoteError, infer_message
 from envactor.runtime.wire import packb
 
-__all__ = ["RemotePolicy", "params_from_metadata", "recover_guidance"]
+__all__ = ["RemotePolicy", "params_from_metadata"]
 
 _EPISODE_START = {"__ctrl__": "episode_start", "__experiment__": "", "__task__": "",
                   "__episode_id__": 0}  # fmt: skip
@@ -52,41 +58,9 @@ def params_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
         "action_norm": "identity",
         "horizon": horizon,
         "n_action_steps": int(meta.get("n_action_steps") or horizon),
+        "n_obs_steps": int(meta.get("n_obs_steps") or 1),
         "control_hz": meta.get("control_hz"),
     }
-
-
-def recover_guidance(
-    prefix: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, int, int, str] | None:
-    """(remainder (L, A), d, s, schedule) that make the server rebuild exactly ``weights``.
-
-    ``Policy._guided_chunk`` receives the padded prefix Y (H, A) and the mask W (H,), not the
-    remainder and d that produced them. W is 1 on the d frozen actions, decays on the overlap
-    and is 0 from the first index the remainder does not reach, so L = last nonzero index + 1
-    and d = the count of leading ones; s and the schedule are found by matching W. Positions
-    where W is 0 do not influence the result, so cutting the remainder there changes nothing.
-    Returns None when W is all zero (nothing to continue: a plain request).
-    """
-    horizon = int(weights.shape[0])
-    w = np.asarray(weights, dtype=np.float32)
-    nonzero = np.flatnonzero(w > 0)
-    if nonzero.size == 0:
-        return None
-    length = int(nonzero[-1]) + 1
-    ones = int(np.argmin(w == 1.0)) if not np.all(w == 1.0) else horizon
-    delay = min(ones, length)
-    for schedule in SCHEDULES:
-        for s in (horizon - length, *range(horizon + 1)):
-            cand = prefix_weights(delay, s, horizon, schedule)  # type: ignore[arg-type]
-            cand[length:] = 0.0
-            if np.allclose(cand, w, rtol=0.0, atol=1e-6):
-                return np.array(prefix[:length], dtype=np.float32), delay, s, schedule
-    raise PolicyError(
-        f"RemotePolicy: guidance weights {np.round(w, 4).tolist()} match no (d, s, schedule) the "
-        "server can rebuild; use the blend method or a schedule from "
-        f"{list(SCHEDULES)}"
-    )
 
 
 class RemotePolicy(Policy):
@@ -101,6 +75,7 @@ class RemotePolicy(Policy):
     """
 
     trainable: ClassVar[bool] = False
+    stacks_history: ClassVar[bool] = False
     registered_name: ClassVar[str] = "remote"
 
     def __init__(
@@ -130,23 +105,34 @@ class RemotePolicy(Policy):
         self,
         obs: dict[str, torch.Tensor],
         env_ids: EnvIds,
+        request: GuidanceRequest,
         prefix: torch.Tensor,
-        weights: torch.Tensor,
-        beta: float,
-        *,
-        jacobian: str = "vjp",
     ) -> torch.Tensor:
+        return self._conditioned(obs, env_ids, request)
+
+    def _prefix_chunk(
+        self,
+        obs: dict[str, torch.Tensor],
+        env_ids: EnvIds,
+        request: GuidanceRequest,
+        prefix: torch.Tensor,
+    ) -> torch.Tensor:
+        return self._conditioned(obs, env_ids, request)
+
+    def _observe(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> None:
+        if self.n_obs_steps > 1:
+            frames = [dict(self._row(obs, b), __ctrl__="observe") for b in range(len(env_ids))]
+            self._exchange(env_ids, frames)
+
+    def _conditioned(
+        self, obs: dict[str, torch.Tensor], env_ids: EnvIds, request: GuidanceRequest
+    ) -> torch.Tensor:
+        """Each row with its own one-env request (rows with nothing to continue go plain)."""
         self._forward_seeds(env_ids)
         msgs = []
         for b in range(len(env_ids)):
-            found = recover_guidance(prefix[b].cpu().numpy(), weights[b].cpu().numpy())
-            if found is None:
-                msgs.append(infer_message(self._row(obs, b)))
-                continue
-            remainder, delay, s, schedule = found
-            rtc = {"schedule": schedule, "max_guidance_weight": float(beta),
-                   "jacobian": jacobian, "method": "auto"}  # fmt: skip
-            msgs.append(infer_message(self._row(obs, b), remainder, delay, s, rtc))
+            row = request.rows([b])
+            msgs.append(infer_message(self._row(obs, b), None if row.is_empty else row))
         return self._actions(self._exchange(env_ids, msgs))
 
     def _reset(self, env_ids: EnvIds | None) -> None:

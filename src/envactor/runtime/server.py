@@ -2,7 +2,14 @@
 
 Protocol (see docs/serving.md): on connect the server sends one metadata frame; then each binary
 msgpack frame is either one robot's observation dict (reply: ``actions`` (H, A), ``server_timing``,
-``weight_version``) or a control frame ``{"__ctrl__": ...}`` (reply ``{"ok": True, ...}``).
+``weight_version``), optionally with its guidance request (``server_requests``), or a control frame
+``{"__ctrl__": ...}`` (reply ``{"ok": True, ...}``).
+
+Observation history: a policy with ``n_obs_steps > 1`` (metadata ``n_obs_steps``) keeps each
+connection's last observations; every request's observation enters it, and envactor's extension
+frame ``{"__ctrl__": "observe", <observation keys>}`` feeds the steps that ask for no chunk
+(``PolicyClient.observe``; ``RemotePolicy`` sends it every step). A client that never sends it
+(an openpi client) still works: the history then holds the observations of its requests.
 A request the server refuses gets ``{"error": {"type", "message"}}`` and the connection stays
 open; only a frame over ``max_size`` closes its connection (close code 1009, by websockets).
 ``GET /healthz`` answers 200. Each connection is one env id of the served policy, so per-env
@@ -27,12 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from envactor.policy.base import Policy
+from envactor.runtime.executors import EXECUTORS
 from envactor.runtime.server_batching import Batcher, Reply
 from envactor.runtime.server_requests import (
     CONTROL_FRAMES,
     CTRL_KEY,
     RequestError,
+    parse_observation,
     parse_request,
 )
 from envactor.runtime.wire import WireError, packb, unpackb
@@ -65,6 +76,9 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
         "control_hz": p.control_hz,
         "weight_version": int(policy.weight_version),
         "can_guide": policy.can_guide(),
+        "can_prefix": policy.can_prefix(),
+        "n_obs_steps": int(policy.n_obs_steps),
+        "executors": EXECUTORS.names(),
     }
 
 
@@ -101,6 +115,7 @@ class PolicyServer:
         if api_key is not None and not api_key:
             raise ValueError("api_key must be a non-empty string or None")
         self.policy = policy
+        self._observes = policy.n_obs_steps > 1 or "_observe" in policy.hooks()
         self.host = host
         self.port = int(port)
         self.max_batch = int(max_batch)
@@ -283,6 +298,11 @@ class PolicyServer:
                     "ProtocolError", f"set_seed: expected an int 'seed', got {seed!r}"
                 )
             await self._on_worker(lambda: self.policy.set_env_seeds({env_id: seed}))
+        elif name == "observe":
+            obs = parse_observation(msg, self.policy.input_features)
+            if self._observes:
+                row = {k: np.array(v)[None] for k, v in obs.items()}  # own, writable copies
+                await self._on_worker(lambda: self.policy.observe(row, env_ids=[env_id]))
         else:
             raise RequestError(
                 "ProtocolError",

@@ -2,8 +2,10 @@
 
 The batcher lives on the server's event loop; the forward passes run on one worker thread, so
 the loop keeps accepting frames (and filling the next batch) while the policy computes. Plain
-requests are grouped together and guided requests with equal settings together; a group that
-fails is re-run request by request, so one bad row only fails its own client.
+requests are grouped together and guided requests with the same executor and settings together
+(their per-robot remainders, d and s may differ: one GuidanceRequest holds them all); a group
+runs through that executor's policy call, the one the vector actor and the real-time controller
+use. A group that fails is re-run request by request, so one bad row only fails its own client.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from envactor.chunking.request import GuidanceRequest
 from envactor.policy.base import Policy
 from envactor.policy.boundary import ObservationError
-from envactor.runtime.server_requests import Guidance, InferRequest, RequestError
+from envactor.runtime.executors import ChunkExecutor, make_executor
+from envactor.runtime.server_requests import InferRequest, RequestError
 
 log = logging.getLogger("envactor.server")
 
@@ -62,6 +66,7 @@ class Batcher:
         self.requests = 0
         self._pending: deque[tuple[InferRequest, asyncio.Future[Reply]]] = deque()
         self._wakeup = asyncio.Event()
+        self._executors: dict[str, ChunkExecutor] = {}
 
     def submit(self, req: InferRequest) -> asyncio.Future[Reply]:
         """Queue ``req``; the future resolves to its reply (actions or an error)."""
@@ -94,7 +99,7 @@ class Batcher:
                 except TimeoutError:
                     break
             take = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            groups: dict[Guidance | None, list[tuple[InferRequest, asyncio.Future[Reply]]]] = {}
+            groups: dict[Any, list[tuple[InferRequest, asyncio.Future[Reply]]]] = {}
             for item in take:
                 groups.setdefault(item[0].group, []).append(item)
             for items in groups.values():
@@ -138,17 +143,12 @@ class Batcher:
         keys = list(self.policy.input_features)
         batch = {k: np.stack([r.obs[k] for r in reqs]) for k in keys}
         ids = [r.env_id for r in reqs]
-        g = reqs[0].guidance
-        if g is None:
+        guidance = [r.guidance for r in reqs if r.guidance is not None]
+        if len(guidance) < len(reqs):
             return self.policy.predict(batch, env_ids=ids)
-        return self.policy.guided_inference(
-            batch,
-            min_num_actions_executed=g.executed,
-            prev_chunk=[r.prev_action for r in reqs],  # type: ignore[misc]
-            delay=[r.delay for r in reqs],
-            env_ids=ids,
-            method=g.method,  # type: ignore[arg-type]
-            schedule=g.schedule,  # type: ignore[arg-type]
-            max_guidance_weight=g.max_guidance_weight,
-            jacobian=g.jacobian,  # type: ignore[arg-type]
-        )
+        executor = self._executors.get(reqs[0].executor)
+        if executor is None:
+            executor = self._executors[reqs[0].executor] = make_executor(
+                reqs[0].executor, self.policy
+            )
+        return executor.infer(batch, ids, GuidanceRequest.concat(guidance))

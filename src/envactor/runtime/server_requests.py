@@ -1,9 +1,13 @@
 """What a policy-server request may contain, checked before it can reach a batch.
 
 A request frame is one robot's UNBATCHED observation dict (openpi style), optionally with the
-real-time-chunking fields ``prev_action`` (L, A), ``est_delay`` (d), ``executed`` (s) and
-``rtc`` (``{"schedule", "max_guidance_weight", "jacobian", "method"}``). Keys the policy does not
-declare (an openpi ``"prompt"``, say) are ignored. A frame with ``"__ctrl__"`` is a control frame.
+real-time-chunking fields of a :class:`~envactor.chunking.GuidanceRequest` for that robot:
+``prev_action`` (L, A) the unexecuted remainder, ``est_delay`` (d), ``executed`` (s) and ``rtc``
+(``{"schedule", "max_guidance_weight", "jacobian", "method", "executor"}``; ``executor`` names a
+registered executor, default ``rtc``, whose policy call runs the request and whose method and
+jacobian are the defaults). Keys the policy does not declare (an openpi ``"prompt"``, say) are
+ignored. A frame with ``"__ctrl__"`` is a control frame; ``{"__ctrl__": "observe", <observation
+keys>}`` records one step's observation without asking for a chunk (observation history).
 """
 
 from __future__ import annotations
@@ -15,15 +19,24 @@ from typing import Any
 import numpy as np
 
 from envactor.chunking.masks import SCHEDULES
+from envactor.chunking.request import (
+    DEFAULT_SCHEDULE,
+    JACOBIANS,
+    METHOD_ALIASES,
+    METHODS,
+    GuidanceRequest,
+)
 from envactor.policy.specs import FeatureSpec
+from envactor.runtime.executors import EXECUTORS
 
 CTRL_KEY = "__ctrl__"
-CONTROL_FRAMES = ("episode_start", "episode_end", "set_seed")
+CONTROL_FRAMES = ("episode_start", "episode_end", "set_seed", "observe")
 RTC_KEYS = ("prev_action", "est_delay", "executed", "rtc")
+DEFAULT_EXECUTOR = "rtc"
 _RTC_OPTIONS = {
     "schedule": SCHEDULES,
-    "jacobian": ("vjp", "identity"),
-    "method": ("auto", "blend"),
+    "jacobian": JACOBIANS,
+    "method": (*METHODS, *METHOD_ALIASES),
 }
 
 
@@ -39,32 +52,22 @@ class RequestError(ValueError):
         return {"error": {"type": self.kind, "message": str(self)}}
 
 
-@dataclass(frozen=True)
-class Guidance:
-    """How a guided request is run; requests with equal ``Guidance`` share one forward pass."""
-
-    executed: int | None = None
-    schedule: str = "exp"
-    max_guidance_weight: float = 5.0
-    jacobian: str = "vjp"
-    method: str = "auto"
-
-
 @dataclass
 class InferRequest:
-    """A validated inference request of one connection (``env_id``)."""
+    """A validated inference request of one connection (``env_id``): plain, or with the
+    guidance request of its robot and the executor that runs it."""
 
     env_id: int
     obs: dict[str, np.ndarray]
-    prev_action: np.ndarray | None = None
-    delay: int = 0
-    guidance: Guidance | None = None
+    guidance: GuidanceRequest | None = None
+    executor: str = DEFAULT_EXECUTOR
     arrived: float = 0.0
 
     @property
-    def group(self) -> Guidance | None:
-        """Batch key: None for plain requests, the guidance settings for guided ones."""
-        return self.guidance
+    def group(self) -> tuple[str, tuple[str, float, str, str]] | None:
+        """Batch key: None for plain requests, (executor, settings) for guided ones."""
+        g = self.guidance
+        return None if g is None else (self.executor, g.settings)
 
 
 def _obs_error(message: str) -> RequestError:
@@ -124,13 +127,11 @@ def _count(name: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
-def _guidance(msg: Mapping[str, Any], horizon: int) -> Guidance:
-    executed = msg.get("executed")
-    s = None if executed is None else _count("executed", executed, 0, horizon)
+def _rtc_options(msg: Mapping[str, Any]) -> Mapping[str, Any]:
     opts = msg.get("rtc") or {}
     if not isinstance(opts, Mapping):
         raise RequestError("RequestError", f"rtc: expected a dict of options, got {opts!r}")
-    known = sorted({*_RTC_OPTIONS, "max_guidance_weight"})
+    known = sorted({*_RTC_OPTIONS, "max_guidance_weight", "executor"})
     unknown = sorted(set(map(str, opts)) - set(known))
     if unknown:
         raise RequestError("RequestError", f"rtc: unknown options {unknown}; expected {known}")
@@ -140,19 +141,55 @@ def _guidance(msg: Mapping[str, Any], horizon: int) -> Guidance:
                 "RequestError",
                 f"rtc[{name!r}]: expected one of {list(allowed)}, got {opts[name]!r}",
             )
-    beta = opts.get("max_guidance_weight", 5.0)
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1e6:
+    executor = opts.get("executor", DEFAULT_EXECUTOR)
+    if executor not in EXECUTORS.names():
+        raise RequestError(
+            "RequestError",
+            f"rtc['executor']: expected one of {EXECUTORS.names()}, got {executor!r}",
+        )
+    beta = opts.get("max_guidance_weight")
+    if beta is not None and (
+        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1e6
+    ):
         raise RequestError(
             "RequestError",
             f"rtc['max_guidance_weight']: expected a number in [0, 1e6], got {beta!r}",
         )
-    return Guidance(
-        executed=s,
-        schedule=str(opts.get("schedule", "exp")),
-        max_guidance_weight=float(beta),
-        jacobian=str(opts.get("jacobian", "vjp")),
-        method=str(opts.get("method", "auto")),
-    )
+    return opts
+
+
+def parse_guidance(
+    msg: Mapping[str, Any], action_shape: tuple[int, int]
+) -> tuple[str, GuidanceRequest | None]:
+    """The executor name and the one-env guidance request of a frame (None: a plain request,
+    no ``prev_action``, an empty one, or an executor that does not condition)."""
+    prev = msg.get("prev_action")
+    if prev is None:
+        return DEFAULT_EXECUTOR, None
+    horizon, adim = action_shape
+    arr = _as_array("prev_action", prev)
+    if arr.ndim != 2 or arr.shape[1] != adim or arr.shape[0] > horizon:
+        raise RequestError(
+            "RequestError", f"prev_action: expected shape (L<={horizon}, {adim}), got {arr.shape}"
+        )
+    _check_numeric("prev_action", arr, "float32")
+    delay = msg.get("est_delay")
+    d = 0 if delay is None else _count("est_delay", delay, 0, horizon)
+    executed = msg.get("executed")
+    s = None if executed is None else _count("executed", executed, 0, horizon)
+    opts = _rtc_options(msg)
+    name = str(opts.get("executor", DEFAULT_EXECUTOR))
+    cls = EXECUTORS.get(name)
+    method = opts.get("method", cls.method)
+    if arr.shape[0] == 0 or method is None:  # nothing to continue, or a plain executor
+        return name, None
+    beta = opts.get("max_guidance_weight")
+    request = GuidanceRequest.build(
+        [arr], [d], horizon=horizon, executed=s, schedule=opts.get("schedule", DEFAULT_SCHEDULE),
+        jacobian=opts.get("jacobian", cls.jacobian), method=method,
+        **({} if beta is None else {"beta": float(beta)}),
+    )  # fmt: skip
+    return name, request
 
 
 def parse_request(
@@ -169,21 +206,5 @@ def parse_request(
             f"expected a msgpack map (an observation dict), got {type(msg).__name__}",
         )
     obs = parse_observation(msg, features)
-    req = InferRequest(env_id=env_id, obs=obs, arrived=arrived)
-    prev = msg.get("prev_action")
-    if prev is None:
-        return req
-    horizon, adim = action_shape
-    arr = _as_array("prev_action", prev)
-    if arr.ndim != 2 or arr.shape[1] != adim or arr.shape[0] > horizon:
-        raise RequestError(
-            "RequestError", f"prev_action: expected shape (L<={horizon}, {adim}), got {arr.shape}"
-        )
-    _check_numeric("prev_action", arr, "float32")
-    delay = msg.get("est_delay")
-    req.delay = 0 if delay is None else _count("est_delay", delay, 0, horizon)
-    guidance = _guidance(msg, horizon)
-    if arr.shape[0] > 0:  # an empty remainder has nothing to continue: a plain request
-        req.prev_action = arr.astype(np.float32, copy=False)
-        req.guidance = guidance
-    return req
+    executor, guidance = parse_guidance(msg, action_shape)
+    return InferRequest(env_id, obs, guidance, executor, arrived)

@@ -3,8 +3,8 @@
 ``envactor train flow --data ROOT`` builds ``flow`` for ``ROOT``'s observations: every
 ``observation.*`` feature of the dataset (cameras with ``norm: image``, the others with the
 norm the policy's config gives its state) and ``action_dim`` from ``action``'s shape, unless
-overrides give them; the encoder is then sized for them (``policy.features.encoder_overrides``),
-and the user's overrides apply last.
+overrides give them; the encoder is then sized for them and for the policy's ``n_obs_steps``
+(``policy.features.encoder_overrides``), and the user's overrides apply last.
 A policy YAML file or a checkpoint gives its own features, which are checked against the
 dataset instead (``check_dataset``).
 """
@@ -116,5 +116,7 @@ def dataset_overrides(source: str | Path, overrides: Sequence[str], dataset: Dat
             )
         extra.append(f"policy.params.action_dim={action.shape[0]}")
     cfg = load_policy_config(yaml_file, [*extra, *overrides])
-    extra += encoder_overrides(cfg.components, cfg.params.get("input_features") or {})
+    n_obs = cfg.params.get("n_obs_steps", 1)
+    n_obs = n_obs if isinstance(n_obs, int) and not isinstance(n_obs, bool) and n_obs > 0 else 1
+    extra += encoder_overrides(cfg.components, cfg.params.get("input_features") or {}, n_obs)
     return extra

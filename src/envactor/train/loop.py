@@ -201,6 +201,27 @@ class _Log:
         self._file.close()
 
 
+def refuse_lerobot(source: Policy | str | Path) -> None:
+    """Raise TrainError when ``source`` is a LeRobot checkpoint (or a policy built from one):
+    envactor runs those (eval, serve, run) but does not train them."""
+    from envactor.interop.lerobot import lerobot_checkpoint_dir
+
+    if isinstance(source, Policy):
+        if source.name != "lerobot":
+            return
+        where = f"policy {source.config.get('lerobot', {}).get('path', '(built in memory)')}"
+    else:
+        folder = lerobot_checkpoint_dir(source)
+        if folder is None:
+            return
+        where = str(source)
+    raise TrainError(
+        f"{where} is a LeRobot checkpoint: LeRobot policies are acting-only in envactor (eval, "
+        "serve, run); train it with LeRobot itself (lerobot-train), or train an envactor policy "
+        "(flow, act, mlp_chunk) on the dataset"
+    )
+
+
 def _build(
     source: Policy | str | Path, device: str, overrides: Sequence[str], dataset: Dataset
 ) -> Policy:
@@ -284,6 +305,7 @@ def train(
     )
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"stop_at must be >= 1, got {stop_at}")
+    refuse_lerobot(policy_or_yaml)
     out = Path(out_dir)
     resume_dir = _resume_point(out, resume)
     dataset = open_dataset(dataset_root)
@@ -310,7 +332,12 @@ def train(
     summary = stats_summary(modes, sources)
     if progress:
         print(f"normalizer: {summary}", file=sys.stderr)
-    windows = ChunkWindows(dataset, policy.params.horizon, list(policy.input_features))
+    windows = ChunkWindows(
+        dataset,
+        policy.params.horizon,
+        list(policy.input_features),
+        n_obs_steps=policy.n_obs_steps,
+    )
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
         raise TrainError(f"policy {policy.name!r} has no trainable parameters")

@@ -1,5 +1,18 @@
 """Chunk executors: how a stream of predicted chunks becomes one action per env per step.
 
+One registry (``EXECUTORS``) serves every runtime. An executor is two things:
+
+- the policy call (:meth:`ChunkExecutor.guidance` + :meth:`ChunkExecutor.infer`): ``method``
+  says how a request conditions on each env's remainder (None: plain ``predict``; ``"guided"``,
+  ``"prefix"`` or ``"blend"``: a :class:`~envactor.chunking.GuidanceRequest`). The vector
+  actor, the real-time controller and the policy server's requests all go through it;
+- the per-env execution rules (``_wants``, ``_deliver``, ``_start_index``, ``_next_action``,
+  ``_ran_out``) over an :class:`EnvState` counted in control steps. :meth:`ChunkExecutor.act`
+  drives them with a simulated delay; the real-time controller drives the same rules with the
+  delays it measures.
+
+A plugin registers a subclass (``@EXECUTORS.register("name")``) and it works in all three.
+
 One executor instance serves many envs and keeps its state per env id. Every ``act`` call is one
 control step: envs whose chunk is due ask for a new one and exactly those envs go to the policy
 in ONE batched call (envs that reset at different times replan at different times). For a policy
@@ -20,6 +33,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from envactor.chunking.guidance import DEFAULT_MAX_GUIDANCE_WEIGHT, Jacobian
+from envactor.chunking.request import (
+    DEFAULT_JACOBIAN,
+    DEFAULT_SCHEDULE,
+    GuidanceMethod,
+    GuidanceRequest,
+)
 from envactor.policy.base import Policy
 from envactor.policy.modes import stack_observations
 from envactor.registry import Registry
@@ -32,9 +52,10 @@ EXECUTORS: Registry[type[ChunkExecutor]] = Registry("executor")
 @dataclass
 class Pending:
     """A chunk in flight: usable from local step ``ready`` on; predicted at step ``t0`` by the
-    policy's weights of version ``version``."""
+    policy's weights of version ``version`` (the real-time controller fills ``chunk`` and
+    ``ready`` when the chunk arrives)."""
 
-    ready: int
+    ready: float
     t0: int
     chunk: np.ndarray
     version: int = 0
@@ -65,12 +86,21 @@ class ChunkExecutor:
         n_action_steps: s, actions executed from a chunk before the next one is requested
             (default: the policy's).
         explore: use the policy's exploration (collect mode) for plain requests.
+        schedule, max_guidance_weight: the soft mask and beta of guidance requests (executors
+            whose ``method`` is set).
+
+    Class settings: ``method`` (None, ``"guided"``, ``"prefix"`` or ``"blend"``), ``jacobian``
+    and ``holds_while_waiting`` (True when the rules hold the last action while a chunk is in
+    flight, as ``sync`` does: the real-time health check then allows more held steps).
 
     ``before_request``, when set, is called right before each batched policy call: the one
     point between chunks where new weights can be loaded (``envactor.distributed`` does).
     """
 
     name: ClassVar[str] = "base"
+    method: ClassVar[GuidanceMethod | None] = None
+    jacobian: ClassVar[Jacobian] = DEFAULT_JACOBIAN
+    holds_while_waiting: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -79,6 +109,8 @@ class ChunkExecutor:
         delay: int = 0,
         n_action_steps: int | None = None,
         explore: bool = False,
+        schedule: str = DEFAULT_SCHEDULE,
+        max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
     ) -> None:
         horizon = policy.params.horizon
         s = policy.params.n_action_steps if n_action_steps is None else int(n_action_steps)
@@ -91,9 +123,44 @@ class ChunkExecutor:
         self.s = s
         self.horizon = horizon
         self.explore = explore
+        self.schedule = schedule
+        self.max_guidance_weight = float(max_guidance_weight)
         self._envs: dict[EnvId, EnvState] = {}
         self.before_request: Callable[[], None] | None = None
         self._observes = getattr(policy, "n_obs_steps", 1) > 1
+        if self.method is not None:  # the settings fail here, not at the first replan
+            self.guidance([np.zeros((0, policy.params.action_dim), np.float32)], [0])
+        if self.method == "prefix" and not policy.can_prefix():
+            raise TypeError(
+                f"executor {self.name!r} needs a policy with training-time RTC (the hook "
+                f"_prefix_chunk, e.g. flow with prefix_max_delay > 0); got policy {policy.name!r}"
+            )
+
+    # ------------------------------------------------------------------ the policy call
+    def guidance(
+        self,
+        remainders: Sequence[np.ndarray],
+        delays: Sequence[int],
+        executed: Sequence[int | None] | int | None = None,
+    ) -> GuidanceRequest | None:
+        """The request of this executor for envs with these remainders (index 0 = the next
+        action) and delays d; None for executors that do not condition (``method`` None)."""
+        if self.method is None:
+            return None
+        return GuidanceRequest.build(
+            remainders, list(delays), horizon=self.horizon, executed=executed,
+            schedule=self.schedule, beta=self.max_guidance_weight, jacobian=self.jacobian,
+            method=self.method,
+        )  # fmt: skip
+
+    def infer(
+        self, batch: Mapping[str, Any], env_ids: Sequence[EnvId], request: GuidanceRequest | None
+    ) -> np.ndarray:
+        """One batched policy call: ``(B, H, A)`` chunks for ``batch`` (observations ``(B, ...)``)
+        conditioned on ``request`` (plain ``predict`` when None or without remainders)."""
+        if request is None or request.is_empty:
+            return self.policy.predict(batch, env_ids=env_ids, explore=self.explore)
+        return self.policy.guided_inference(batch, request=request, env_ids=env_ids)
 
     # ------------------------------------------------------------------ public
     def act(self, obs: Mapping[EnvId, Mapping[str, Any]]) -> dict[EnvId, np.ndarray]:
@@ -163,9 +230,30 @@ class ChunkExecutor:
         obs: Mapping[EnvId, Mapping[str, Any]],
         states: Mapping[EnvId, EnvState],
     ) -> np.ndarray:
-        """One batched policy call for ``env_ids``; returns their chunks ``(B, H, A)``."""
+        """One batched policy call for ``env_ids``; returns their chunks ``(B, H, A)``. Each
+        env's remainder is continued with the simulated delay d (nothing for a first chunk)."""
         ids, batch = stack_observations(obs, self._keys())
-        return self.policy.predict(batch, env_ids=ids, explore=self.explore)
+        request = None
+        if self.method is not None:
+            rests = [self._remainder(states[e]) for e in ids]
+            delays = [0 if states[e].chunk is None else self.delay for e in ids]
+            request = self.guidance(rests, delays)
+        return self.infer(batch, ids, request)
+
+    def _remainder(self, st: EnvState) -> np.ndarray:
+        """The unexecuted rest ``(L, A)`` of the installed chunk (index 0 = the next action)."""
+        if st.chunk is None:
+            return np.zeros((0, self.policy.params.action_dim), np.float32)
+        return st.chunk[st.idx :]
+
+    def _ran_out(self, st: EnvState) -> bool:
+        """After ``_next_action`` gave None: True when the chunk ran out (d > H - s), False when
+        holding is the rule's choice."""
+        return st.chunk is not None and st.idx >= self.horizon
+
+    def _source_index(self, st: EnvState) -> int:
+        """Index into ``st.chunk`` of the action ``_next_action`` just returned."""
+        return st.idx - 1
 
     def _keys(self) -> list[str]:
         return list(self.policy.input_features)

@@ -14,6 +14,7 @@ class SyncExecutor(ChunkExecutor):
     then runs from its first action, computed from the observation d steps old."""
 
     name = "sync"
+    holds_while_waiting = True
 
     def _start_index(self, st: EnvState, p: Pending) -> int:
         return 0
@@ -24,3 +25,6 @@ class SyncExecutor(ChunkExecutor):
         a = st.chunk[st.idx]
         st.idx += 1
         return a
+
+    def _ran_out(self, st: EnvState) -> bool:
+        return False  # holding while the next chunk is computed is the rule, not a miss

@@ -38,3 +38,9 @@ class TemporalEnsembleExecutor(ChunkExecutor):
             return None
         w = np.exp(-self.m * np.arange(len(preds)))  # live is oldest first
         return (np.tensordot(w, np.stack(preds), axes=1) / w.sum()).astype(np.float32)
+
+    def _ran_out(self, st: EnvState) -> bool:
+        return not any(0 <= st.t - t0 < self.horizon for t0, _ in st.live)
+
+    def _source_index(self, st: EnvState) -> int:
+        return st.t - st.live[-1][0]  # the newest chunk's action for this step

@@ -13,25 +13,25 @@ Training time is drawn from ``tau = tau_max * Beta(a, b)`` (default ``a=1, b=1.5
 noisy inputs are seen most) or uniformly on ``[0, tau_max]``.
 
 Training-time real-time chunking (``prefix_max_delay > 0``, see :mod:`.prefix`): the first d
-actions of each training chunk are given clean and the loss covers the rest; ``prefix_inference``
-(the ``rtc_trained`` executor) overwrites the prefix with the committed actions while sampling.
-Guided RTC (``_guided_chunk``, the ``rtc`` executor) works on such a policy unchanged.
+actions of each training chunk are given clean and the loss covers the rest; the ``_prefix_chunk``
+hook (guidance method ``"prefix"``, the ``rtc_trained`` executor) overwrites the prefix with the
+committed actions while sampling. Guided RTC (``_guided_chunk``, the ``rtc`` executor) works on
+such a policy unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal, cast
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from envactor.chunking.guidance import Jacobian, euler_sample, rtc_sample
+from envactor.chunking.guidance import euler_sample, rtc_sample
+from envactor.chunking.request import GuidanceRequest
 from envactor.normalize import Normalizer
-from envactor.policy.base import ACTION_KEY, EnvIds, Policy, PolicyError
-from envactor.policy.boundary import to_numpy
+from envactor.policy.base import EnvIds, Policy, PolicyError
 from envactor.policy.features import (
     check_encoder_head,
     edge_fill,
@@ -40,7 +40,6 @@ from envactor.policy.features import (
     reads_observation_dict,
 )
 from envactor.policy.policies.flow.prefix import prefix_mask, sample_delays
-from envactor.policy.prefix import build_prefix
 from envactor.policy.specs import PolicyParams
 from envactor.registry import POLICY_REGISTRY
 
@@ -136,25 +135,20 @@ class FlowPolicy(Policy):
         self,
         obs: dict[str, torch.Tensor],
         env_ids: EnvIds,
+        request: GuidanceRequest,
         prefix: torch.Tensor,
-        weights: torch.Tensor,
-        beta: float,
-        *,
-        jacobian: str = "vjp",
     ) -> torch.Tensor:
         """True RTC guidance (``rtc_sample``); runs under ``no_grad``, the VJP enables grad."""
-        if jacobian not in ("vjp", "identity"):
-            raise ValueError(f"jacobian must be 'vjp' or 'identity', got {jacobian!r}")
         cond = self._cond(obs)  # a constant for the backward passes
         noise = self._randn(env_ids, *self.action_shape).to(cond.dtype)
         return rtc_sample(
             self._velocity_fn(cond),
             noise,
             prefix.to(cond.dtype),
-            weights,
+            request.weights_like(prefix),
             num_steps=self._flow.num_steps,
-            max_guidance_weight=beta,
-            jacobian=cast(Jacobian, jacobian),
+            max_guidance_weight=request.beta,
+            jacobian=request.jacobian,
         )
 
     def sample_tau(self, n: int, device: torch.device) -> torch.Tensor:
@@ -192,48 +186,23 @@ class FlowPolicy(Policy):
             return {"loss": (err * keep).sum() / keep.sum().clamp_min(1.0)}
         return {"loss": err.mean()}
 
-    def prefix_inference(
-        self,
-        obs: Mapping[str, Any],
-        normalizer: Normalizer | None = None,
-        *,
-        prev_chunk: np.ndarray | Sequence[np.ndarray],
-        delay: int | Sequence[int],
-        env_ids: EnvIds | None = None,
-    ) -> np.ndarray:
-        """Training-time RTC: a chunk ``(B, H, A)`` whose first d actions are the committed
-        ones, the rest sampled conditioned on them (needs ``prefix_max_delay > 0``).
-
-        ``prev_chunk``: each env's unexecuted remainder (index 0 = the next action to run);
-        ``delay``: d per env or one for all, clamped to the remainder's length. A d above
-        ``prefix_max_delay`` was never trained on.
-        """
-        if not self._flow.prefix_max_delay:
-            raise PolicyError(
-                "policy 'flow': prefix_inference needs a policy trained with training-time RTC "
-                "(policy.params.prefix_max_delay > 0), got prefix_max_delay=0"
-            )
-        norm = self._normalizer(normalizer)
-        with self._acting(inference=True):
-            obs_t, batch = self._prepare(obs, norm)
-            prefix_np, weights_np = build_prefix(
-                prev_chunk, batch, delay, None, self.action_shape, "zeros"
-            )
-            dev = self.device
-            prefix = norm.normalize(ACTION_KEY, torch.from_numpy(prefix_np).to(dev))
-            committed = torch.from_numpy(weights_np >= 1.0).to(dev)
-            chunk = self._prefix_chunk(obs_t, self._ids(env_ids, batch), prefix, committed)
-            chunk = self._checked(chunk, batch, "prefix_inference")
-            return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
-
     def _prefix_chunk(
         self,
         obs: dict[str, torch.Tensor],
         env_ids: EnvIds,
+        request: GuidanceRequest,
         prefix: torch.Tensor,
-        committed: torch.Tensor,
     ) -> torch.Tensor:
-        """Euler sampling with the committed tokens overwritten by ``prefix`` at every step."""
+        """Training-time RTC: Euler sampling with the committed tokens (the first d of each
+        env) overwritten by ``prefix`` at every step (needs ``prefix_max_delay > 0``; a d
+        above it was never trained on)."""
+        if not self._flow.prefix_max_delay:
+            raise PolicyError(
+                "policy 'flow': guidance method 'prefix' (executor rtc_trained) needs a policy "
+                "trained with training-time RTC (policy.params.prefix_max_delay > 0), got "
+                "prefix_max_delay=0"
+            )
+        committed = request.committed_like(prefix)
         cond = self._cond(obs)
         x = self._randn(env_ids, *self.action_shape).to(cond.dtype)
         keep = committed[..., None]
