@@ -322,3 +322,30 @@ def test_camera_frames_go_in_as_uint8_hwc_like_lerobots_env_wrapper(tmp_path: Pa
         with torch.no_grad():
             action = post(theirs.select_action(batch, noise=noise[t // 4]))
         np.testing.assert_allclose(mine, action.numpy(), atol=1e-5)
+
+
+def test_rollout_worker_runs_a_lerobot_checkpoint_shipped_as_bytes() -> None:
+    """The Ray rollout worker's code path (in process): the checkpoint travels as file bytes,
+    is materialized and built on the worker, and runs episodes by id with history."""
+    from envactor.distributed.worker import Episode, RolloutWorker, checkpoint_files
+
+    env_id = "envactor_test/LeRobotState-v0"
+    if env_id not in gym.registry:
+        gym.register(
+            id=env_id,
+            entry_point=StateEnv,
+            kwargs={"low": np.full(4, -5, np.float32), "high": np.full(4, 5, np.float32),
+                    "length": 12},
+        )  # fmt: skip
+    files = checkpoint_files(FIXTURES / "diffusion")
+    worker = RolloutWorker("w0", files, env_id, num_envs=2, executor="naive_async",
+                           executor_kwargs={"delay": 1, "n_action_steps": 4})  # fmt: skip
+    try:
+        assert worker.policy.n_obs_steps == 2
+        episodes = [e for e in worker.rollout([0, 1, 2], seed=3) if isinstance(e, Episode)]
+    finally:
+        worker.close()
+    assert sorted(e.metrics["episode"] for e in episodes) == [0, 1, 2]
+    for e in episodes:
+        actions = e.trajectory["action"]
+        assert actions.shape == (12, 4) and np.isfinite(actions).all()
