@@ -20,6 +20,7 @@ test-lerobot:
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
 	.venv/bin/mypy
 
 bench: setup

@@ -33,9 +33,9 @@ import torch
 from _common import pendulum_policy
 
 from envactor import Policy
-from envactor.runtime.realtime import RealtimeController
-from envactor.runtime.realtime_robot import SimulatedRobot
-from envactor.runtime.realtime_telemetry import percentiles_ms
+from envactor.runtime.realtime.controller import RealtimeController
+from envactor.runtime.realtime.robot import SimulatedRobot
+from envactor.runtime.realtime.telemetry import percentiles_ms
 
 STATE = "observation.state"
 

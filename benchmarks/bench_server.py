@@ -36,7 +36,7 @@ def _build(name: str, device: str) -> Any:
 def _serve(name: str, device: str, max_batch: int, timeout_ms: float, port_q: Any) -> None:
     import torch
 
-    from envactor.runtime.server import PolicyServer
+    from envactor.runtime.serving.server import PolicyServer
 
     torch.set_num_threads(1)
     policy = _build(name, device)
@@ -69,7 +69,7 @@ class Served:
 
 def latency_ms(port: int, n: int) -> list[float]:
     """Round-trip times of ``n`` sequential requests from one client (after 20 warm-up ones)."""
-    from envactor.runtime.client import PolicyClient
+    from envactor.runtime.serving.client import PolicyClient
 
     rng = np.random.default_rng(0)
     with PolicyClient(port=port) as client:
@@ -93,7 +93,7 @@ def throughput(port: int, clients: int, seconds: float) -> tuple[float, float]:
 
     from websockets.asyncio.client import connect
 
-    from envactor.runtime.wire import packb, unpackb
+    from envactor.runtime.serving.wire import packb, unpackb
 
     async def client(k: int, stop_at: list[float], counts: list[int], sizes: list[int]) -> None:
         payload = packb({STATE: np.full(3, 0.1 * k, np.float32)})

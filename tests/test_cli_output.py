@@ -158,3 +158,25 @@ def test_train_prints_the_final_loss_of_its_log(
     summary = json.loads(capsys.readouterr().out)
     last = json.loads((out2 / "train_log.jsonl").read_text().splitlines()[-1])
     assert summary["final_loss"] == last["loss"]  # the mean of steps 7 and 8, as logged
+
+
+def test_policies_lists_the_rest_when_a_plugin_fails_to_load(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envactor.cli import main
+    from envactor.policy.hooks import ContractError
+    from envactor.registry import POLICY_REGISTRY
+
+    real_get, real_names = POLICY_REGISTRY.get, POLICY_REGISTRY.names
+
+    def get(name: str) -> type:
+        if name == "broken_plugin":
+            raise ContractError("BrokenPolicy overrides the public method 'predict'")
+        return real_get(name)
+
+    monkeypatch.setattr(POLICY_REGISTRY, "names", lambda: [*real_names(), "broken_plugin"])
+    monkeypatch.setattr(POLICY_REGISTRY, "get", get)
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    assert "broken_plugin    (failed to load: ContractError: BrokenPolicy overrides" in out
+    assert "flow" in out and "hooks:" in out

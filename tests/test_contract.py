@@ -19,8 +19,8 @@ from envactor.policy.acting import ActingBoundary
 from envactor.policy.hooks import owned_names
 from envactor.registry import POLICY_REGISTRY
 from envactor.runtime.executors import make_executor
-from envactor.runtime.realtime import RealtimeController
-from envactor.runtime.remote import RemotePolicy
+from envactor.runtime.realtime.controller import RealtimeController
+from envactor.runtime.serving.remote import RemotePolicy
 
 STATE = "observation.state"
 

@@ -18,7 +18,11 @@ a ``flow`` policy with the demo's model settings, ``save_policy``; a few seconds
 ``runs/demo/policy`` of every chain whose code names that path. Its numbers are meaningless; the
 point is that the block runs unchanged against a checkpoint of the demo's kind. Blocks that
 name ``tests/fixtures/lerobot`` (a real LeRobot dataset and checkpoints in the repository) see
-it at that path, as when run from the repository root.
+it at that path, as when run from the repository root. Blocks that use the plugin package of
+docs/plugins.md (``tests/plugin_pkg``, named by its policy ``demo_flow``) run with that package
+installed: pip builds and installs it (offline) into a directory of its own once per session,
+which such a chain finds on ``sys.path`` with its entry points, and which is forgotten
+(registrations and modules too) after the chain.
 
 The pages also must not point outside the repository, every ``--flag`` they give an
 ``envactor`` command must exist in that command's parser, the README starts with its two
@@ -30,6 +34,9 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +49,8 @@ RUN_TAG, NORUN_TAG = "python", "python-norun"
 PYTHONISH = re.compile(r"^(py|python|python3|pycon|ipython)\b", re.I)
 DEMO_CKPT = "runs/demo/policy"
 FIXTURES = "tests/fixtures/lerobot"  # real LeRobot artifacts shipped with the repository
+PLUGIN_PKG = ROOT / "tests" / "plugin_pkg"  # the third-party package docs/plugins.md shows
+PLUGIN_NAMES = ("demo_flow", "envactor_plugin_demo")  # a chain naming one uses the package
 
 
 @dataclass
@@ -137,6 +146,37 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_policy(result.policy, root / "policy", step=result.step)
 
 
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/plugins.md's package built and installed by pip into a directory of its own, once
+    (from a copy, so no build files land in the repository; no index, no build isolation)."""
+    root = tmp_path_factory.mktemp("plugin")
+    src, site = root / "src", root / "site"
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    shutil.copytree(PLUGIN_PKG, src, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    cmd = [*pip, "--no-build-isolation", "--target", str(site), str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}"
+    return site
+
+
+@pytest.fixture
+def plugin_installed(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The plugin package importable, with its entry points, for one chain; afterwards its
+    registrations and modules are forgotten, as if it had never been installed."""
+    from envactor import COMPONENT_REGISTRY, POLICY_REGISTRY
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    try:
+        yield
+    finally:
+        POLICY_REGISTRY._items.pop("demo_flow", None)
+        COMPONENT_REGISTRY._items.pop("demo_velocity", None)
+        for name in [m for m in sys.modules if m.partition(".")[0] == "envactor_plugin_demo"]:
+            del sys.modules[name]
+
+
 def test_pages_found() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in PAGES}
     assert {"README.md", "docs/chunking.md", "docs/architecture.md"} <= names
@@ -157,6 +197,8 @@ def test_doc_example_runs(
     if FIXTURES in code:  # pages run from the repository root may name the shipped fixtures
         (tmp_path / FIXTURES).parent.mkdir(parents=True)
         (tmp_path / FIXTURES).symlink_to(ROOT / FIXTURES)
+    if any(name in code for name in PLUGIN_NAMES):
+        request.getfixturevalue("plugin_installed")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for block in chain.blocks:
@@ -293,8 +335,8 @@ def test_documented_config_limits_are_the_codes() -> None:
 
 
 def test_documented_health_limits_are_the_codes() -> None:
-    from envactor.runtime.realtime_cli import LIMIT_FLAGS
-    from envactor.runtime.realtime_health import LIMIT_STOPS, HealthLimits
+    from envactor.runtime.realtime.cli import LIMIT_FLAGS
+    from envactor.runtime.realtime.health import LIMIT_STOPS, HealthLimits
 
     d = HealthLimits()
     held, chunks, deadlines = LIMIT_STOPS  # the stop reason of each limit, in field order
@@ -325,7 +367,7 @@ def test_documented_health_limits_are_the_codes() -> None:
 def test_documented_stats_sketch_size_is_the_codes() -> None:
     import inspect
 
-    from envactor.stats import StatsAccumulator
+    from envactor.streaming_stats import StatsAccumulator
 
     size = inspect.signature(StatsAccumulator).parameters["sketch_size"].default
     stated = {"checkpoints.md": f"fewer than {size} frames", "training.md": f"below {size} frames"}

@@ -10,12 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from envactor.normalize import (
-    Normalizer,
-    NormalizerError,
-    StatsAccumulator,
-    compute_stats,
-)
+from envactor.normalize import Normalizer, NormalizerError
+from envactor.streaming_stats import StatsAccumulator, compute_stats
 
 MODES_ALL = {
     "s": "mean_std",

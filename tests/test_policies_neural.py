@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from envactor.normalize import Normalizer, compute_stats
+from envactor.normalize import Normalizer
 from envactor.policy import Policy, PolicyError, build_policy, save_policy
 from envactor.policy.policies.flow import FlowPolicy, edge_fill
+from envactor.streaming_stats import compute_stats
 
 S = "observation.state"
 H, A = 8, 1

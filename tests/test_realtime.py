@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from envactor import Policy
-from envactor.runtime.realtime import HELD, SAFE, RealtimeController
-from envactor.runtime.realtime_cli import add_run_args, run_run
-from envactor.runtime.realtime_clock import Clock, VirtualClock
-from envactor.runtime.realtime_robot import SimulatedRobot
-from envactor.runtime.realtime_safety import ActionFilter
-from envactor.runtime.realtime_telemetry import percentiles_ms
+from envactor.runtime.realtime.cli import add_run_args, run_run
+from envactor.runtime.realtime.clock import Clock, VirtualClock
+from envactor.runtime.realtime.controller import HELD, SAFE, RealtimeController
+from envactor.runtime.realtime.robot import SimulatedRobot
+from envactor.runtime.realtime.safety import ActionFilter
+from envactor.runtime.realtime.telemetry import percentiles_ms
 
 STATE = "observation.state"
 HZ = 50.0
@@ -319,7 +319,7 @@ def test_a_short_run_is_judged_at_its_end(no_leaks: None) -> None:
 
 
 def test_missed_chunk_limit() -> None:
-    from envactor.runtime.realtime_health import HealthLimits
+    from envactor.runtime.realtime.health import HealthLimits
 
     # 110 ms = 5.5 periods with 4 actions left: chunks run out at steps 8, 12 and 17
     limits = HealthLimits(max_held_fraction=None, max_missed_chunks=2, grace_s=0.0)
@@ -342,7 +342,7 @@ class SlowWrite(SimulatedRobot):
 
 
 def test_missed_deadline_limit() -> None:
-    from envactor.runtime.realtime_health import HealthLimits
+    from envactor.runtime.realtime.health import HealthLimits
 
     limits = HealthLimits(max_missed_deadline_fraction=0.5, grace_s=0.0)
     robot = SlowWrite(WideBox(), HZ, clock=VirtualClock())
@@ -352,7 +352,7 @@ def test_missed_deadline_limit() -> None:
 
 
 def test_limits_defaults_and_validation() -> None:
-    from envactor.runtime.realtime_health import HealthLimits
+    from envactor.runtime.realtime.health import HealthLimits
 
     assert HealthLimits().held_limit("rtc") == 0.2 and HealthLimits().held_limit("sync") == 0.5
     assert HealthLimits(max_held_fraction=0.3).held_limit("sync") == 0.3
@@ -584,7 +584,7 @@ def test_cli_run_that_fails_its_health_check_exits_1(
     one reads, filters, steps the env and writes), so nearly every step misses its deadline
     and holds; it used to report ok=True and exit 0."""
     from envactor.cli import main
-    from envactor.runtime.realtime_cli import LIMIT_FLAGS
+    from envactor.runtime.realtime.cli import LIMIT_FLAGS
 
     out = tmp_path / "tel.json"
     code = main(["run", "Pendulum-v1", "--ckpt", str(mlp_ckpt), "--hz", "100000", "--seconds",
@@ -603,7 +603,7 @@ def test_cli_run_that_fails_its_health_check_exits_1(
 def test_run_progress_line(capsys: pytest.CaptureFixture[str]) -> None:
     from types import SimpleNamespace
 
-    from envactor.runtime.realtime_cli import _progress
+    from envactor.runtime.realtime.cli import _progress
 
     stub = SimpleNamespace(telemetry=SimpleNamespace(steps=0))
     with _progress(stub, 2.0, False):

@@ -12,7 +12,7 @@ import pytest
 from envactor import build_policy, save_policy
 from envactor.cli import build_parser, main
 from envactor.normalize import Normalizer
-from envactor.runtime.realtime_cli import add_run_args
+from envactor.runtime.realtime.cli import add_run_args
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,14 @@ from envactor import GuidanceRequest, Policy, build_policy, save_policy
 from envactor.normalize import Normalizer
 from envactor.registry import COMPONENT_REGISTRY, POLICY_REGISTRY
 from envactor.runtime.actor import VectorActor
-from envactor.runtime.client import PolicyClient, RemoteError
 from envactor.runtime.executors import EXECUTORS, ChunkExecutor, EnvState, make_executor
-from envactor.runtime.realtime import HELD, RealtimeController
-from envactor.runtime.realtime_clock import VirtualClock
-from envactor.runtime.realtime_robot import SimulatedRobot
-from envactor.runtime.remote import RemotePolicy
-from envactor.runtime.server import PolicyServer
-from envactor.runtime.wire import packb
+from envactor.runtime.realtime.clock import VirtualClock
+from envactor.runtime.realtime.controller import HELD, RealtimeController
+from envactor.runtime.realtime.robot import SimulatedRobot
+from envactor.runtime.serving.client import PolicyClient, RemoteError
+from envactor.runtime.serving.remote import RemotePolicy
+from envactor.runtime.serving.server import PolicyServer
+from envactor.runtime.serving.wire import packb
 
 STATE = "observation.state"
 H, A = 4, 1

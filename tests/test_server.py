@@ -26,15 +26,15 @@ from envactor.normalize import Normalizer
 from envactor.policy.base import Policy
 from envactor.policy.policies.pid import PIDPolicy
 from envactor.runtime.actor import VectorActor
-from envactor.runtime.client import (
+from envactor.runtime.serving.client import (
     AuthenticationError,
     PolicyClient,
     RemoteError,
     ServerUnavailableError,
 )
-from envactor.runtime.remote import RemotePolicy
-from envactor.runtime.server import PolicyServer, add_serve_args, run_serve
-from envactor.runtime.wire import packb, unpackb
+from envactor.runtime.serving.remote import RemotePolicy
+from envactor.runtime.serving.server import PolicyServer, add_serve_args, run_serve
+from envactor.runtime.serving.wire import packb, unpackb
 
 S = "observation.state"
 STATS = {S: {"mean": np.zeros(3), "std": np.ones(3)},

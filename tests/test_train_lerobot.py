@@ -27,8 +27,8 @@ from envactor.nn import MLP, ObservationEncoder
 from envactor.policy import Policy, build_policy
 from envactor.policy.boundary import ObservationError
 from envactor.policy.build import packaged_config
-from envactor.runtime.client import PolicyClient
-from envactor.runtime.server import PolicyServer
+from envactor.runtime.serving.client import PolicyClient
+from envactor.runtime.serving.server import PolicyServer
 
 DATASET = Path(__file__).parent / "fixtures" / "lerobot" / "dataset"
 S, TOP, WRIST = "observation.state", "observation.images.top", "observation.images.wrist"

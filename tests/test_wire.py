@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from envactor.runtime.wire import WireError, packb, unpackb
+from envactor.runtime.serving.wire import WireError, packb, unpackb
 
 ALLOWED = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
            "float16", "float32", "float64"]  # fmt: skip

@@ -45,13 +45,13 @@ def run_policies(args: argparse.Namespace) -> int:
     """One line per registered policy (built-ins imported, plugins listed): its first docstring
     line, then the hooks it implements (``_guided_chunk``: true RTC, else the blend;
     ``_prefix_chunk``: the ``rtc_trained`` executor)."""
-    from envactor.registry import POLICY_REGISTRY, RegistryError
+    from envactor.registry import POLICY_REGISTRY
 
     for name in POLICY_REGISTRY.names():
-        try:
+        try:  # a broken plugin is reported on its line; the others are still listed
             cls = POLICY_REGISTRY.get(name)
-        except (RegistryError, ImportError) as exc:
-            print(f"{name:<16} (failed to load: {exc})")
+        except Exception as exc:
+            print(f"{name:<16} (failed to load: {type(exc).__name__}: {exc})")
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
         print(f"{name:<16} {doc[0] if doc else ''}")
@@ -371,28 +371,28 @@ def _online_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- serve / run
 def run_serve(args: argparse.Namespace) -> int:
     """Serve a policy over WebSocket (openpi wire format)."""
-    from envactor.runtime.server import run_serve as _run
+    from envactor.runtime.serving.server import run_serve as _run
 
     return _run(args)
 
 
 @command("serve", "serve a policy over WebSocket (openpi wire format)")
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    from envactor.runtime.server import add_serve_args
+    from envactor.runtime.serving.server import add_serve_args
 
     add_serve_args(p)
 
 
 def run_run(args: argparse.Namespace) -> int:
     """Run a policy in real time on a simulated robot."""
-    from envactor.runtime.realtime_cli import run_run as _run
+    from envactor.runtime.realtime.cli import run_run as _run
 
     return _run(args)
 
 
 @command("run", "run a policy in real time (control and inference loops) on a simulated robot")
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from envactor.runtime.realtime_cli import add_run_args
+    from envactor.runtime.realtime.cli import add_run_args
 
     add_run_args(p)
 

@@ -346,12 +346,3 @@ class Normalizer:
                 )
             stats.setdefault(key, {})[stat] = t.detach().to("cpu").numpy()
         return cls(modes, stats, eps=eps)
-
-
-def __getattr__(name: str) -> Any:
-    # The streaming statistics live in envactor.stats; keep the old import path working.
-    if name in ("StatsAccumulator", "compute_stats"):
-        from envactor import stats
-
-        return getattr(stats, name)
-    raise AttributeError(f"module 'envactor.normalize' has no attribute {name!r}")

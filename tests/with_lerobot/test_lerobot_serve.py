@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("lerobot.policies")
 pytest.importorskip("websockets")
 
-from envactor.runtime.client import PolicyClient
+from envactor.runtime.serving.client import PolicyClient
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "lerobot"
 STATE, ENV_STATE = "observation.state", "observation.environment_state"

@@ -44,11 +44,11 @@ Rules:
 """
 
 from envactor.config.compose import compose
-from envactor.config.composed import ComposedConfig
 from envactor.config.errors import OVERRIDE, ConfigError, Location
 from envactor.config.loader import dump_yaml, load_yaml
 from envactor.config.overrides import Override, apply_overrides, parse_override
 from envactor.config.policy_config import PolicyConfig, load_policy_config, params_error
+from envactor.config.tree import ComposedConfig
 from envactor.config.validate import validate, validation_error
 
 __all__ = [

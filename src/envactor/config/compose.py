@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envactor.config.composed import ComposedConfig, SourceMap, prune_sources
 from envactor.config.interpolate import resolve
 from envactor.config.limits import ReadBudget
 from envactor.config.loader import (
@@ -20,6 +19,7 @@ from envactor.config.loader import (
 )
 from envactor.config.overrides import Override, apply_overrides
 from envactor.config.paths import describe, plain_copy
+from envactor.config.tree import ComposedConfig, SourceMap, prune_sources
 
 DEFAULTS_KEY = "defaults"
 

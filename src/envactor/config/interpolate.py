@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from envactor.config.composed import ComposedConfig
 from envactor.config.limits import (
     MAX_DEPTH,
     MAX_REF_CHAIN,
@@ -36,6 +35,7 @@ from envactor.config.paths import (
     parse_path,
     plain_copy,
 )
+from envactor.config.tree import ComposedConfig
 
 _TOKEN = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _WHOLE = re.compile(r"\$\{([^{}]*)\}")

@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from envactor.config.composed import ComposedConfig, SourceMap
 from envactor.config.errors import ConfigError, Location
 from envactor.config.limits import (
     MAX_DEPTH,
@@ -31,6 +30,7 @@ from envactor.config.limits import (
     ReadBudget,
 )
 from envactor.config.paths import KeyPath, format_path, kind, plain_copy
+from envactor.config.tree import ComposedConfig, SourceMap
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 TOP_LEVEL = "a mapping of keys to values at the top level"

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from envactor.config.composed import ComposedConfig, SourceMap
 from envactor.config.errors import OVERRIDE, ConfigError, Location
 from envactor.config.limits import MAX_DEPTH
 from envactor.config.loader import parse_value
@@ -27,6 +26,7 @@ from envactor.config.paths import (
     parse_path,
     plain_copy,
 )
+from envactor.config.tree import ComposedConfig, SourceMap
 
 
 class Override(NamedTuple):

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from envactor.config.compose import compose_raw
-from envactor.config.composed import ComposedConfig
 from envactor.config.errors import OVERRIDE, ConfigError, Location
 from envactor.config.interpolate import resolve, resolve_at
 from envactor.config.limits import ReadBudget
@@ -26,6 +25,7 @@ from envactor.config.loader import check_yaml_file, display_path, resolve_path
 from envactor.config.overrides import Override, apply_overrides, parse_override
 from envactor.config.paths import KeyPath, describe, format_path, plain_copy
 from envactor.config.schema import PolicyFile
+from envactor.config.tree import ComposedConfig
 from envactor.config.validate import validate, validation_error
 
 M = TypeVar("M", bound=BaseModel)

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from envactor.config.composed import ComposedConfig
 from envactor.config.errors import ConfigError
 from envactor.config.paths import KeyPath, Segment, child, did_you_mean, format_path, parse_path
+from envactor.config.tree import ComposedConfig
 
 M = TypeVar("M", bound=BaseModel)
 

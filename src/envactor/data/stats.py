@@ -10,7 +10,7 @@ import numpy as np
 from envactor.data.format import DatasetError
 from envactor.data.open import Dataset
 from envactor.normalize import ALL_STATS, MODE_STATS, Normalizer, NormalizerError, NormMode
-from envactor.stats import StatsAccumulator
+from envactor.streaming_stats import StatsAccumulator
 
 __all__ = ["COMPUTED", "NOT_NEEDED", "STORED", "dataset_stats", "training_stats"]
 

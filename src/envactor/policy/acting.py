@@ -1,5 +1,3 @@
-# mypy: disable-error-code="misc"
-# (misc: the helpers take ``self: Policy``, a subclass of this mixin, which mypy flags.)
 """The acting boundary of ``envactor.Policy``: what runs around every hook call.
 
 Observations in (checked, normalized, recorded in the env's history), the hook called under
@@ -14,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,7 +33,8 @@ from envactor.policy.modes import ModeEnv
 from envactor.policy.queues import ChunkQueues
 
 if TYPE_CHECKING:
-    from envactor.policy.base import Policy
+    from envactor.policy.ema import EmaShadow
+    from envactor.policy.specs import FeatureSpec, PolicyParams
 
 ACTION_KEY = "action"
 EnvIds = Sequence[Hashable]
@@ -54,8 +53,53 @@ def _scoped(ids: list[Hashable], scope: str | None) -> list[Hashable]:
 class ActingBoundary:
     """The boundary helpers of ``Policy`` (a mixin; ``self`` is always a ``Policy``)."""
 
+    if TYPE_CHECKING:  # what the helpers use of ``Policy`` (defined there)
+        training: bool
+        trainable: ClassVar[bool]
+        params: PolicyParams
+        normalizer: Normalizer | None
+        _device: torch.device
+        _ema: EmaShadow | None
+        _history: ObsHistory
+        _n_obs: int
+        _stacks: bool
+        _observe_hook: bool
+
+        @property
+        def name(self) -> str: ...
+        @property
+        def input_features(self) -> dict[str, FeatureSpec]: ...
+        @property
+        def action_shape(self) -> tuple[int, int]: ...
+        @property
+        def device(self) -> torch.device: ...
+        @classmethod
+        def can_guide(cls) -> bool: ...
+        @classmethod
+        def can_prefix(cls) -> bool: ...
+        def eval(self) -> Any: ...
+        def train(self, mode: bool = True) -> Any: ...
+        def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor: ...
+        def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+        def _explore(self, chunk: torch.Tensor, env_ids: EnvIds) -> torch.Tensor: ...
+        def _observe(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> None: ...
+        def _guided_chunk(
+            self,
+            obs: dict[str, torch.Tensor],
+            env_ids: EnvIds,
+            request: GuidanceRequest,
+            prefix: torch.Tensor,
+        ) -> torch.Tensor: ...
+        def _prefix_chunk(
+            self,
+            obs: dict[str, torch.Tensor],
+            env_ids: EnvIds,
+            request: GuidanceRequest,
+            prefix: torch.Tensor,
+        ) -> torch.Tensor: ...
+
     # ------------------------------------------------------------------ modes and weights
-    def _acting(self: Policy, inference: bool = True) -> AbstractContextManager[Any]:
+    def _acting(self, inference: bool = True) -> AbstractContextManager[Any]:
         """eval() + acting weights; returns the grad context to run in: inference mode (torch's
         own guard, without the Python wrapper), or ``no_grad`` when ``inference`` is False
         (guided sampling backpropagates through the network, which inference tensors forbid)."""
@@ -67,13 +111,13 @@ class ActingBoundary:
             self._ema.use("ema")
         return inference_guard(True) if inference else torch.no_grad()
 
-    def _learning(self: Policy) -> None:
+    def _learning(self) -> None:
         if not self.training:
             self.train()
         if self._ema is not None:
             self._ema.use("train")
 
-    def _normalizer(self: Policy, override: Normalizer | None) -> Normalizer:
+    def _normalizer(self, override: Normalizer | None) -> Normalizer:
         norm = override if override is not None else self.normalizer
         if norm is None:
             modes = {k: s.norm for k, s in self.input_features.items()}
@@ -89,7 +133,7 @@ class ActingBoundary:
         return norm
 
     # ------------------------------------------------------------------ observations in
-    def _fast_boundary(self: Policy, norm: Normalizer) -> FastBoundary | None:
+    def _fast_boundary(self, norm: Normalizer) -> FastBoundary | None:
         """The numpy-in/numpy-out boundary for ``norm`` on CPU (cached per policy), else None."""
         fast: FastBoundary | None = self.__dict__.get("_fast_boundary_cache")
         p, device = self.params, self._device
@@ -106,13 +150,13 @@ class ActingBoundary:
             self.__dict__["_fast_boundary_cache"] = fast  # plain data: skip Module.__setattr__
         return fast if fast.usable else None
 
-    def _prepare(self: Policy, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
+    def _prepare(self, obs: Obs, norm: Normalizer) -> tuple[dict[str, torch.Tensor], int]:
         fast = self._fast_boundary(norm)
         prepared = fast.prepare(obs) if fast is not None else None
         return prepared if prepared is not None else self._prepare_general(obs, norm)
 
     def _prepare_general(
-        self: Policy, obs: Obs, norm: Normalizer, steps: int = 1
+        self, obs: Obs, norm: Normalizer, steps: int = 1
     ) -> tuple[dict[str, torch.Tensor], int]:
         """Any device, numpy or torch inputs; raises the errors that name key and expectation.
         ``steps > 1``: histories ``(B, steps, ...)`` (training windows)."""
@@ -123,7 +167,7 @@ class ActingBoundary:
             out[key] = norm.normalize(key, to_tensor(key, obs[key], spec, dev))
         return out, batch
 
-    def _checked(self: Policy, chunk: Any, batch: int, hook: str) -> torch.Tensor:
+    def _checked(self, chunk: Any, batch: int, hook: str) -> torch.Tensor:
         want = (batch, *self.action_shape)
         if not isinstance(chunk, torch.Tensor) or tuple(chunk.shape) != want:
             got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
@@ -141,7 +185,7 @@ class ActingBoundary:
 
     # ------------------------------------------------------------------ history
     def _remember(
-        self: Policy,
+        self,
         obs_t: dict[str, torch.Tensor],
         ids: list[Hashable],
         history: ObsHistory | None,
@@ -168,7 +212,7 @@ class ActingBoundary:
         return hist.stack(ids), ids
 
     def _observe_rows(
-        self: Policy,
+        self,
         obs: Obs,
         env_ids: EnvIds | None,
         history: ObsHistory | None,
@@ -186,7 +230,7 @@ class ActingBoundary:
 
     # ------------------------------------------------------------------ chunks out
     def _predict(
-        self: Policy,
+        self,
         obs: Obs,
         normalizer: Normalizer | None,
         env_ids: EnvIds | None,
@@ -222,7 +266,7 @@ class ActingBoundary:
             return out
 
     def _guided(
-        self: Policy,
+        self,
         obs: Obs,
         normalizer: Normalizer | None,
         env_ids: EnvIds | None,
@@ -264,7 +308,7 @@ class ActingBoundary:
             return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
 
     def _blend(
-        self: Policy,
+        self,
         obs: dict[str, torch.Tensor],
         env_ids: EnvIds,
         request: GuidanceRequest,
@@ -276,7 +320,7 @@ class ActingBoundary:
         return prefix * w + pred * (1.0 - w)
 
     def _act_from_queues(
-        self: Policy,
+        self,
         batch: Obs,
         env_ids: EnvIds | None,
         queues: ChunkQueues,
@@ -302,7 +346,7 @@ class ActingBoundary:
         return np.stack([queues.pop(e) for e in ids])
 
     # ------------------------------------------------------------------ warm-up and learning
-    def _warm(self: Policy, batch_size: int) -> None:
+    def _warm(self, batch_size: int) -> None:
         """``warmup``: dummy passes through ``_chunk`` and, when the policy guides,
         ``_guided_chunk`` (with the signature the runtimes call it with)."""
         ids: list[Hashable] = list(range(batch_size))
@@ -326,7 +370,7 @@ class ActingBoundary:
                 chunk = self._guided_chunk(obs_t, ids, request, zeros)
                 self._checked(chunk, batch_size, "_guided_chunk")
 
-    def _learn(self: Policy, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _learn(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """``forward``: training weights, the batch normalized (history windows ``(B,
         n_obs_steps, ...)`` when ``n_obs_steps > 1``), ``_loss`` checked."""
         if not self.trainable:

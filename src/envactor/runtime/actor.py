@@ -165,33 +165,15 @@ class VectorActor:
             raise ValueError(f"episode_ids must be distinct, got {queue}")
         batch: EnvBatch = as_env_batch(envs, obs_adapter)
         queue.reverse()  # pop() from the end = the given order
-        running: dict[Hashable, _Running] = {}
-        obs: dict[Hashable, dict[str, np.ndarray]] = {}
-
-        def start(ids: Iterable[Hashable]) -> EpisodesStarted | None:
-            seeds = {}
-            for e in ids:
-                if not queue:
-                    break
-                j = queue.pop()
-                running[e] = _Running(j, seed + j)
-                seeds[e] = seed + j
-            if not seeds:
-                return None
-            self.executor.reset(list(seeds))
-            self.policy.set_env_seeds(
-                {e: episode_noise_seed(seed, running[e].episode) for e in seeds}
-            )
-            obs.update(batch.reset(seeds))
-            return EpisodesStarted([running[e].episode for e in seeds])
-
-        started = start(batch.ids)
+        episodes = _Episodes(self, batch, queue, seed)
+        started = episodes.start(batch.ids)
         if started is not None:
             yield started
         steps = 0
-        while running:
+        while episodes.running:
             if before_step is not None:
                 before_step(steps)
+            running, obs = episodes.running, episodes.obs
             actions = self.executor.act({e: obs[e] for e in running})
             results = batch.step(actions)
             finished = []
@@ -210,7 +192,7 @@ class VectorActor:
             for e in finished:
                 del running[e]
                 obs.pop(e, None)
-            started = start(finished)
+            started = episodes.start(finished)
             if started is not None:
                 yield started
             steps += 1
@@ -228,3 +210,31 @@ class VectorActor:
             weight_version=self.executor.action_version(e), info=scalar_info(res.info),
             trajectory=ep.trajectory() if record else None,
         )  # fmt: skip
+
+
+class _Episodes:
+    """The episodes of one ``VectorActor.stream`` call: the queue of episode ids still to run,
+    the running episode of each env and each env's last observation."""
+
+    def __init__(self, actor: VectorActor, batch: EnvBatch, queue: list[int], seed: int) -> None:
+        self.actor, self.batch, self.queue, self.seed = actor, batch, queue, seed
+        self.running: dict[Hashable, _Running] = {}
+        self.obs: dict[Hashable, dict[str, np.ndarray]] = {}
+
+    def start(self, ids: Iterable[Hashable]) -> EpisodesStarted | None:
+        """Start the next queued episodes on the free envs ``ids`` (reset with their seeds)."""
+        seeds = {}
+        for e in ids:
+            if not self.queue:
+                break
+            j = self.queue.pop()
+            self.running[e] = _Running(j, self.seed + j)
+            seeds[e] = self.seed + j
+        if not seeds:
+            return None
+        self.actor.executor.reset(list(seeds))
+        self.actor.policy.set_env_seeds(
+            {e: episode_noise_seed(self.seed, self.running[e].episode) for e in seeds}
+        )
+        self.obs.update(self.batch.reset(seeds))
+        return EpisodesStarted([self.running[e].episode for e in seeds])

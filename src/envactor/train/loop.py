@@ -310,7 +310,45 @@ def train(
     resume_dir = _resume_point(out, resume)
     dataset = open_dataset(dataset_root)
     torch.manual_seed(cfg.seed)  # before building: initial weights depend on the seed
-    policy = _build(policy_or_yaml, device, overrides, dataset)
+    policy = _trainable_policy(policy_or_yaml, device, overrides, dataset)
+    state = load_trainer_state(resume_dir) if resume_dir is not None else None
+    modes, sources = _normalizer_stats(policy, dataset, state, cfg, keep_normalizer)
+    if progress:
+        print(f"normalizer: {stats_summary(modes, sources)}", file=sys.stderr)
+    windows = ChunkWindows(
+        dataset,
+        policy.params.horizon,
+        list(policy.input_features),
+        n_obs_steps=policy.n_obs_steps,
+    )
+    optimizer = _optimizer(policy, cfg)
+    policy.learn_mode.init(optimizer, grad_clip=cfg.grad_clip)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if state is not None:
+        restore_trainer_state(state, policy, optimizer, rng)
+        start = state.step
+    policy.learn_mode.step = start
+    end = cfg.steps if stop_at is None else min(int(stop_at), cfg.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Steps(policy, optimizer, windows, rng, cfg, out, _stats_record(modes, sources))
+    run.ckpt = state.path if state is not None else None
+    run.run(start, end, progress)
+    if run.ckpt is None:  # nothing to do: resumed at or past the end
+        raise TrainError(f"{out}: no checkpoint written")
+    sps = len(run.losses) * cfg.batch_size / run.busy if run.busy > 0 else 0.0
+    final = None if run.last_record is None else float(run.last_record["loss"])
+    return TrainResult(
+        policy, out, max(end, start), run.ckpt / POLICY_DIR, out / LOG_FILE, run.losses, sps,
+        final, sources,
+    )  # fmt: skip
+
+
+def _trainable_policy(
+    source: Policy | str | Path, device: str, overrides: Sequence[str], dataset: Dataset
+) -> Policy:
+    """The policy to train, built for ``dataset`` and checked against it."""
+    policy = _build(source, device, overrides, dataset)
     if not policy.trainable:
         raise TrainError(f"policy {policy.name!r} is not trainable (no _loss)")
     if not policy.config:
@@ -319,7 +357,18 @@ def train(
             "build it with build_policy() or pass its YAML"
         )
     check_dataset(policy, dataset)
-    state = load_trainer_state(resume_dir) if resume_dir is not None else None
+    return policy
+
+
+def _normalizer_stats(
+    policy: Policy,
+    dataset: Dataset,
+    state: TrainerState | None,
+    cfg: TrainConfig,
+    keep_normalizer: bool,
+) -> tuple[dict[str, NormMode], dict[str, str]]:
+    """Set ``policy.normalizer`` (the resumed run's, the policy's own or the dataset's); each
+    key's mode and where its stats came from."""
     modes = norm_modes(policy)
     sources = dict.fromkeys(modes, "checkpoint")
     if state is not None:
@@ -329,80 +378,84 @@ def train(
         policy.normalizer = state.normalizer
     elif not (keep_normalizer and policy.normalizer is not None):
         policy.normalizer, sources = training_stats(dataset, modes)
-    summary = stats_summary(modes, sources)
-    if progress:
-        print(f"normalizer: {summary}", file=sys.stderr)
-    windows = ChunkWindows(
-        dataset,
-        policy.params.horizon,
-        list(policy.input_features),
-        n_obs_steps=policy.n_obs_steps,
-    )
+    return modes, sources
+
+
+def _optimizer(policy: Policy, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
         raise TrainError(f"policy {policy.name!r} has no trainable parameters")
     # foreach: one multi-tensor kernel per op (the default on CUDA; ~15% faster steps on CPU)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    learner = policy.learn_mode
-    learner.init(optimizer, grad_clip=cfg.grad_clip)
-    rng = np.random.default_rng(cfg.seed)
-    start = 0
-    if state is not None:
-        restore_trainer_state(state, policy, optimizer, rng)
-        start = state.step
-    learner.step = start
-    end = cfg.steps if stop_at is None else min(int(stop_at), cfg.steps)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out / LOG_FILE, start)
-    ckpt = state.path if state is not None else None
-    losses: list[float] = []
-    last_record: dict[str, float] | None = None
-    busy = 0.0
-    from tqdm.auto import tqdm
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
-    bar = tqdm(
-        total=end,
-        initial=start,
-        disable=not progress,
-        desc=f"train {policy.name}",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    try:
-        for step in range(start, end):
-            t0 = time.perf_counter()
-            lr_now = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            stats = learner.forward(windows.sample(rng, cfg.batch_size))
-            busy += time.perf_counter() - t0
-            if not math.isfinite(stats["loss"]):
-                raise TrainError(
-                    f"step {step + 1}: loss is {stats['loss']}; lower lr or check data"
-                )
-            losses.append(stats["loss"])
-            log.add(stats)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == end:
-                # the call's first record says where the normalizer stats came from
-                first = last_record is None
-                extra = {"normalizer": _stats_record(modes, sources)} if first else None
-                rec = last_record = log.write(done, lr_now, cfg.batch_size, extra)
-                bar.set_postfix(
-                    loss=f"{rec['loss']:.4g}",
-                    samples_s=f"{rec['samples_per_s']:.0f}",
-                    refresh=False,
-                )
-            bar.update(1)
-            if done % cfg.save_every == 0 or done == end:
-                ckpt = save_training_checkpoint(out, done, policy, optimizer, rng, asdict(cfg))
-    finally:
-        bar.close()
-        log.close()
-    if ckpt is None:  # nothing to do: resumed at or past the end
-        raise TrainError(f"{out}: no checkpoint written")
-    sps = len(losses) * cfg.batch_size / busy if busy > 0 else 0.0
-    final = None if last_record is None else float(last_record["loss"])
-    return TrainResult(
-        policy, out, max(end, start), ckpt / POLICY_DIR, out / LOG_FILE, losses, sps, final, sources
-    )
+
+@dataclass
+class _Steps:
+    """The step loop: its inputs, and what it leaves (losses, busy seconds, the last log record,
+    the last checkpoint)."""
+
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    windows: ChunkWindows
+    rng: np.random.Generator
+    cfg: TrainConfig
+    out: Path
+    normalizer_record: dict[str, Any]
+    ckpt: Path | None = None
+    losses: list[float] = field(default_factory=list)
+    last_record: dict[str, float] | None = None
+    busy: float = 0.0
+
+    def run(self, start: int, end: int, progress: bool) -> None:
+        """Steps ``start`` to ``end``, logged every ``log_every`` and saved every
+        ``save_every`` steps and at ``end``."""
+        from tqdm.auto import tqdm
+
+        log = _Log(self.out / LOG_FILE, start)
+        bar = tqdm(
+            total=end,
+            initial=start,
+            disable=not progress,
+            desc=f"train {self.policy.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            for step in range(start, end):
+                lr_now = self._step(step, log)
+                done = step + 1
+                if done % self.cfg.log_every == 0 or done == end:
+                    rec = self._write(log, done, lr_now)
+                    bar.set_postfix(
+                        loss=f"{rec['loss']:.4g}",
+                        samples_s=f"{rec['samples_per_s']:.0f}",
+                        refresh=False,
+                    )
+                bar.update(1)
+                if done % self.cfg.save_every == 0 or done == end:
+                    self.ckpt = save_training_checkpoint(
+                        self.out, done, self.policy, self.optimizer, self.rng, asdict(self.cfg)
+                    )
+        finally:
+            bar.close()
+            log.close()
+
+    def _step(self, step: int, log: _Log) -> float:
+        """One optimizer step (scheduled lr, a sampled batch); returns the lr it used."""
+        t0 = time.perf_counter()
+        lr_now = lr_at(step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
+        stats = self.policy.learn_mode.forward(self.windows.sample(self.rng, self.cfg.batch_size))
+        self.busy += time.perf_counter() - t0
+        if not math.isfinite(stats["loss"]):
+            raise TrainError(f"step {step + 1}: loss is {stats['loss']}; lower lr or check data")
+        self.losses.append(stats["loss"])
+        log.add(stats)
+        return lr_now
+
+    def _write(self, log: _Log, done: int, lr_now: float) -> dict[str, float]:
+        # the call's first record says where the normalizer stats came from
+        extra = {"normalizer": self.normalizer_record} if self.last_record is None else None
+        self.last_record = log.write(done, lr_now, self.cfg.batch_size, extra)
+        return self.last_record

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from envactor.runtime.realtime_telemetry import Telemetry
+from envactor.runtime.realtime.telemetry import Telemetry
 
 __all__ = ["LIMIT_STOPS", "HealthLimits", "HealthMonitor"]
 

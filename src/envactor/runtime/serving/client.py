@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from envactor.chunking.request import GuidanceRequest
-from envactor.runtime.wire import packb, unpackb
+from envactor.runtime.serving.wire import packb, unpackb
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -139,7 +139,8 @@ class PolicyClient:
         ``guidance``, a one-robot request. Arrays in the reply are read-only views of the
         received frame.
         """
-        executor, omit = None, ()
+        executor = None
+        omit: tuple[str, ...] = ()
         if prev_action is not None:
             if guidance is not None:
                 raise TypeError("PolicyClient.infer: give guidance= or prev_action=, not both")

@@ -26,8 +26,8 @@ from envactor.chunking.request import GuidanceRequest
 from envactor.normalize import Normalizer
 from envactor.policy.base import ACTION_KEY, EnvIds, Policy
 from envactor.policy.boundary import ObservationError
-from envactor.runtime.client import PolicyClient, RemoteError, infer_message
-from envactor.runtime.wire import packb
+from envactor.runtime.serving.client import PolicyClient, RemoteError, infer_message
+from envactor.runtime.serving.wire import packb
 
 __all__ = ["RemotePolicy", "params_from_metadata"]
 

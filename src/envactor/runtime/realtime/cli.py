@@ -133,7 +133,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _limits(args: argparse.Namespace) -> Any:
     """The ``HealthLimits`` the flags ask for (None with ``--no-limits``)."""
-    from envactor.runtime.realtime_health import HealthLimits
+    from envactor.runtime.realtime.health import HealthLimits
 
     if args.no_limits:
         return None
@@ -194,8 +194,8 @@ def run_run(args: argparse.Namespace) -> int:
 
     from envactor.envs import check_env_id  # importing envactor.envs registers its tasks
     from envactor.policy.build import build_policy
-    from envactor.runtime.realtime import RealtimeController
-    from envactor.runtime.realtime_robot import SimulatedRobot
+    from envactor.runtime.realtime.controller import RealtimeController
+    from envactor.runtime.realtime.robot import SimulatedRobot
 
     check_env_id(args.task)
     if args.json and not Path(args.json).resolve().parent.is_dir():

@@ -24,7 +24,7 @@ from envactor.chunking.request import GuidanceRequest
 from envactor.policy.base import Policy
 from envactor.policy.boundary import ObservationError
 from envactor.runtime.executors import ChunkExecutor, make_executor
-from envactor.runtime.server_requests import InferRequest, RequestError
+from envactor.runtime.serving.requests import InferRequest, RequestError
 
 log = logging.getLogger("envactor.server")
 

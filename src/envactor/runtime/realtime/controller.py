@@ -21,7 +21,7 @@ Observation history (``n_obs_steps > 1``): every control tick's observation reac
 
 Health limits (``realtime_health.py``) fail a run that keeps its loops alive but does not
 control: too many held steps, chunks that run out, steps that end after the next was due. A
-:class:`~envactor.runtime.realtime_clock.VirtualClock` makes a run deterministic (tests,
+:class:`~envactor.runtime.realtime.clock.VirtualClock` makes a run deterministic (tests,
 simulation): time moves one period per step and the control loop waits for the inference loop
 to settle, so latency is only what the policy simulates with ``clock.sleep``.
 """
@@ -43,12 +43,12 @@ from envactor.chunking.request import DEFAULT_SCHEDULE
 from envactor.policy.base import Policy
 from envactor.registry import RegistryError
 from envactor.runtime.executors import EXECUTORS, ChunkExecutor, make_executor
-from envactor.runtime.realtime_chunks import HELD, SAFE, ChunkBoard, Fault, infer_chunk, one_row
-from envactor.runtime.realtime_clock import Clock
-from envactor.runtime.realtime_health import HealthLimits, HealthMonitor
-from envactor.runtime.realtime_robot import TIMESTAMP_KEY, Robot, SimulatedRobot
-from envactor.runtime.realtime_safety import ActionFilter, SafeAction, resolve_safe_action
-from envactor.runtime.realtime_telemetry import Telemetry
+from envactor.runtime.realtime.chunks import HELD, SAFE, ChunkBoard, Fault, infer_chunk, one_row
+from envactor.runtime.realtime.clock import Clock
+from envactor.runtime.realtime.health import HealthLimits, HealthMonitor
+from envactor.runtime.realtime.robot import TIMESTAMP_KEY, Robot, SimulatedRobot
+from envactor.runtime.realtime.safety import ActionFilter, SafeAction, resolve_safe_action
+from envactor.runtime.realtime.telemetry import Telemetry
 
 __all__ = ["HELD", "SAFE", "HealthLimits", "RealtimeController"]
 
@@ -58,7 +58,7 @@ class RealtimeController:
 
     Args:
         policy: any envactor policy (one env; observations get a batch dim of 1).
-        robot: a :class:`~envactor.runtime.realtime_robot.Robot`.
+        robot: a :class:`~envactor.runtime.realtime.robot.Robot`.
         hz: control rate.
         executor: a registered executor name (``EXECUTORS.names()``; its ``delay`` is the
             measured one, not a setting).
@@ -78,10 +78,10 @@ class RealtimeController:
         switch_interval: Python's GIL switch interval during the run (restored after), so the
             control thread waits at most about this long for the GIL while the inference thread
             runs Python code; None leaves the interpreter's (5 ms by default).
-        limits: the :class:`~envactor.runtime.realtime_health.HealthLimits` a run must keep
+        limits: the :class:`~envactor.runtime.realtime.health.HealthLimits` a run must keep
             (default: their defaults); None checks none.
         clock: the time source (default: the wall clock); a
-            :class:`~envactor.runtime.realtime_clock.VirtualClock` runs step-driven and
+            :class:`~envactor.runtime.realtime.clock.VirtualClock` runs step-driven and
             deterministic (a ``SimulatedRobot`` must then share it and not be threaded).
     """
 

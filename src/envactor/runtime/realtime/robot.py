@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from envactor.runtime.env_batch import ObsAdapter, default_obs_adapter
-from envactor.runtime.realtime_clock import Clock
+from envactor.runtime.realtime.clock import Clock
 
 TIMESTAMP_KEY = "timestamp"
 """Optional key of an observation: when it was sensed, in seconds of the controller's clock
@@ -83,7 +83,7 @@ class SimulatedRobot(Robot):
         obs_adapter: env observation -> ``{"observation.*": array}`` (default: an array becomes
             ``observation.state``).
         clock: where timestamps come from (default: the wall clock); give a controller with a
-            :class:`~envactor.runtime.realtime_clock.VirtualClock` the same clock
+            :class:`~envactor.runtime.realtime.clock.VirtualClock` the same clock
             (``threaded=False`` only).
     """
 

@@ -63,7 +63,8 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float | None]:
 
 @dataclass
 class Telemetry:
-    """Counters and samples of one :class:`~envactor.runtime.realtime.RealtimeController` run.
+    """Counters and samples of one run of
+    :class:`~envactor.runtime.realtime.controller.RealtimeController`.
 
     ``lateness_s`` holds, per control step, how late the step started against its scheduled
     time (the control-period jitter); ``chunks`` one :class:`ChunkRecord` per chunk swap.
@@ -89,7 +90,7 @@ class Telemetry:
     leaked_threads: int = 0
     limit: dict[str, Any] | None = None
     """The health limit the run passed: ``{"limit", "measured", "threshold"}`` (see
-    :class:`~envactor.runtime.realtime_health.HealthLimits`), else None."""
+    :class:`~envactor.runtime.realtime.health.HealthLimits`), else None."""
 
     @property
     def ok(self) -> bool:

@@ -38,15 +38,15 @@ import numpy as np
 
 from envactor.policy.base import Policy
 from envactor.runtime.executors import EXECUTORS
-from envactor.runtime.server_batching import Batcher, Reply
-from envactor.runtime.server_requests import (
+from envactor.runtime.serving.batching import Batcher, Reply
+from envactor.runtime.serving.requests import (
     CONTROL_FRAMES,
     CTRL_KEY,
     RequestError,
     parse_observation,
     parse_request,
 )
-from envactor.runtime.wire import WireError, packb, unpackb
+from envactor.runtime.serving.wire import WireError, packb, unpackb
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import Request, Response, ServerConnection

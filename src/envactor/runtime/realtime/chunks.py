@@ -27,8 +27,8 @@ import numpy as np
 
 from envactor.policy.base import Policy, PolicyError
 from envactor.runtime.executors.base import ChunkExecutor, EnvState, Pending
-from envactor.runtime.realtime_clock import Clock
-from envactor.runtime.realtime_telemetry import ChunkRecord, Telemetry
+from envactor.runtime.realtime.clock import Clock
+from envactor.runtime.realtime.telemetry import ChunkRecord, Telemetry
 
 HELD = (-1, -1)
 """Source of a step that held the last action (no chunk action was due)."""

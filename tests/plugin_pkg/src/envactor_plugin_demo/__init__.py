@@ -1,0 +1,1 @@
+"""envactor-plugin-demo: the ``demo_flow`` policy and its ``demo_velocity`` block."""
