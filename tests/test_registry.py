@@ -161,3 +161,48 @@ def test_private_dotted_or_path_names_import_nothing(
         reg.get(name)
     assert {m for m in set(sys.modules) - before if m.startswith("quietpkg.")} == set()
     assert reg.names() == ["public"]  # private modules are not advertised as names either
+
+
+def test_entry_point_executor_reaches_every_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An executor from a plugin's ``envactor.executors`` entry point is a choice of ``eval``
+    and ``run`` and builds like a built-in one."""
+    from envactor import build_policy
+    from envactor.cli import build_parser
+    from envactor.runtime.executors import EXECUTORS, make_executor
+
+    site = tmp_path / "site"
+    _write(
+        site / "envactor_tinyexec" / "__init__.py",
+        """
+        from envactor.runtime.executors.guided import BlendExecutor
+
+        class LateBlend(BlendExecutor):
+            '''The blend, replanning late (a plugin executor).'''
+        """,
+    )
+    dist = site / "envactor_tinyexec-0.1.0.dist-info"
+    _write(dist / "METADATA", "Metadata-Version: 2.1\nName: envactor-tinyexec\nVersion: 0.1.0\n")
+    _write(
+        dist / "entry_points.txt",
+        "[envactor.executors]\nlate_blend = envactor_tinyexec:LateBlend\n",
+    )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    try:
+        assert "late_blend" in EXECUTORS.names()
+        parser = build_parser()
+        args = parser.parse_args(
+            ["eval", "flow", "--env", "Pendulum-v1", "--executor", "late_blend"]
+        )
+        assert args.executor == "late_blend"
+        run = parser.parse_args(
+            ["run", "envactor/PendulumSwingUp-v0", "--ckpt", "x", "--executor", "late_blend"]
+        )
+        assert run.executor == "late_blend"
+        policy = build_policy("mlp_chunk")
+        assert type(make_executor("late_blend", policy)).__name__ == "LateBlend"
+    finally:
+        EXECUTORS._items.pop("late_blend", None)
+        sys.modules.pop("envactor_tinyexec", None)

@@ -187,27 +187,51 @@ def _run_phases(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Collect, train and evaluate into ``work``; paths recorded are those under settings.out."""
     from envactor.envs import task_spec
-    from envactor.policy.build import build_policy, save_policy
-    from envactor.runtime.collect import collect
-    from envactor.runtime.evaluate import evaluate
-    from envactor.train import train
 
-    task = settings.task
-    spec = task_spec(task)
+    spec = task_spec(settings.task)
     env_kwargs = {"action_noise_std": settings.action_noise_std}
     timings: dict[str, float] = {}
+    t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {settings.task}")
+    data = _collect_phase(settings, spec, work, env_kwargs, progress)
+    timings["collect_s"] = time.perf_counter() - t0
+    t0 = _phase(f"2/3 train flow policy, {settings.train_steps} steps")
+    result = _train_phase(settings, spec, work, progress)
+    timings["train_s"] = time.perf_counter() - t0
+    executors = [e for e in settings.executors if e != "rtc_trained" or settings.train_max_delay]
+    t0 = _phase(f"3/3 evaluate {len(executors)} executors x delays {list(settings.delays)}")
+    expert, rows, commands = _evaluate_phase(settings, spec, work, executors, env_kwargs, progress)
+    timings["evaluate_s"] = time.perf_counter() - t0
+    meta = _meta(settings, data, expert, result, timings, commands)
+    write_results(work, rows, meta)
+    return rows, meta
 
-    t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {task}")
+
+def _collect_phase(
+    settings: DemoSettings,
+    spec: dict[str, Any],
+    work: Path,
+    env_kwargs: dict[str, Any],
+    progress: bool,
+) -> Any:
+    """The expert's perturbed demonstrations into ``work/dataset``."""
+    from envactor.policy.build import build_policy
+    from envactor.runtime.collect import collect
+
     expert_policy = build_policy(
         spec["expert_config"], overrides=[f"policy.params.perturb_std={settings.demo_perturb_std}"]
     )
-    data = collect(
-        task, episodes=settings.demo_episodes, out=work / "dataset", num_envs=settings.num_envs,
-        seed=settings.seed, progress=progress, env_kwargs=env_kwargs, policy=expert_policy,
+    return collect(
+        settings.task, episodes=settings.demo_episodes, out=work / "dataset",
+        num_envs=settings.num_envs, seed=settings.seed, progress=progress,
+        env_kwargs=env_kwargs, policy=expert_policy,
     )  # fmt: skip
-    timings["collect_s"] = time.perf_counter() - t0
 
-    t0 = _phase(f"2/3 train flow policy, {settings.train_steps} steps")
+
+def _train_phase(settings: DemoSettings, spec: dict[str, Any], work: Path, progress: bool) -> Any:
+    """The flow policy (training-time RTC when ``train_max_delay``), saved to ``work/policy``."""
+    from envactor.policy.build import save_policy
+    from envactor.train import train
+
     overrides = [
         f"policy.params.horizon={settings.horizon}",
         f"policy.params.n_action_steps={settings.n_action_steps}",
@@ -219,13 +243,24 @@ def _run_phases(
                    batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                    save_every=settings.train_steps, overrides=overrides, progress=progress,
                    warmup_steps=min(100, settings.train_steps // 10))  # fmt: skip
-    timings["train_s"] = time.perf_counter() - t0
     save_policy(result.policy, work / "policy", step=result.step)
-    policy = build_policy(work / "policy")
+    return result
 
-    executors = [e for e in settings.executors if e != "rtc_trained" or settings.train_max_delay]
-    n_exec, delays = len(executors), list(settings.delays)
-    t0 = _phase(f"3/3 evaluate {n_exec} executors x delays {delays}")
+
+def _evaluate_phase(
+    settings: DemoSettings,
+    spec: dict[str, Any],
+    work: Path,
+    executors: list[str],
+    env_kwargs: dict[str, Any],
+    progress: bool,
+) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """The expert's reference, then every (executor, delay) cell: rows and eval commands."""
+    from envactor.policy.build import build_policy
+    from envactor.runtime.evaluate import evaluate
+
+    task = settings.task
+    policy = build_policy(work / "policy")
     expert = evaluate(spec["expert_config"], task, num_envs=settings.num_envs,
                       num_episodes=settings.eval_episodes, seed=eval_seed(settings),
                       env_kwargs=env_kwargs)  # fmt: skip
@@ -251,9 +286,19 @@ def _run_phases(
             bar.set_postfix(executor=executor, d=delay, success=summary["success_rate"])
     if bar is not None:
         bar.close()
-    timings["evaluate_s"] = time.perf_counter() - t0
+    return expert, rows, commands
 
-    meta: dict[str, Any] = {"task": task}
+
+def _meta(
+    settings: DemoSettings,
+    data: Any,
+    expert: Any,
+    result: Any,
+    timings: dict[str, float],
+    commands: list[str],
+) -> dict[str, Any]:
+    """``results.json``'s record of the run besides the rows."""
+    meta: dict[str, Any] = {"task": settings.task}
     if settings.smoke_test:
         meta["smoke_test"] = True
         meta["note"] = SMOKE_NOTE
@@ -273,8 +318,7 @@ def _run_phases(
         "timings_s": timings,
         "eval_commands": commands,
     })  # fmt: skip
-    write_results(work, rows, meta)
-    return rows, meta
+    return meta
 
 
 SMOKE_NOTE = (

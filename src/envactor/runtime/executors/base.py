@@ -46,7 +46,10 @@ from envactor.registry import Registry
 
 EnvId = Hashable
 
-EXECUTORS: Registry[type[ChunkExecutor]] = Registry("executor")
+# third-party executors: an `envactor.executors` entry point `name = "module:Class"`
+EXECUTORS: Registry[type[ChunkExecutor]] = Registry(
+    "executor", entry_point_group="envactor.executors"
+)
 
 
 @dataclass
