@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from envactor.interop.lerobot.checkpoint import (
@@ -50,7 +49,6 @@ IMAGES_KEY = "observation.images"  # LeRobot's stacked-cameras key (Diffusion's 
 class LeRobotParams(PolicyParams):
     """Params of a LeRobot checkpoint, read from its ``config.json`` (not written by hand)."""
 
-    n_obs_steps: int = Field(default=1, ge=1)
     lerobot_type: str
     source: str = ""
 
