@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.envactor-setup
-want="$(sha256sum pyproject.toml | cut -c1-16) $TORCH"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $TORCH"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -21,4 +21,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "$TORCH"
 fi
 .venv/bin/pip install --quiet -e ".[all,dev]"
+# openpi's official client, for the tests that talk to the server with it: without its
+# dependencies (its numpy<2 pin conflicts; it imports only msgpack, numpy and websockets)
+.venv/bin/pip install --quiet --no-deps openpi-client==0.1.2
 echo "$want" > "$stamp"

@@ -33,7 +33,13 @@ from envactor.runtime.serving.client import (
     ServerUnavailableError,
 )
 from envactor.runtime.serving.remote import RemotePolicy
-from envactor.runtime.serving.server import PolicyServer, add_serve_args, run_serve
+from envactor.runtime.serving.server import (
+    CLIENT_HEADER,
+    PROTOCOL,
+    PolicyServer,
+    add_serve_args,
+    run_serve,
+)
 from envactor.runtime.serving.wire import packb, unpackb
 
 S = "observation.state"
@@ -53,6 +59,9 @@ def flow_policy() -> Policy:
     p = build_policy("flow")
     p.normalizer = Normalizer({S: "mean_std", "action": "min_max"}, STATS)
     return p
+
+
+ENVACTOR = {CLIENT_HEADER: PROTOCOL}
 
 
 @contextmanager
@@ -259,13 +268,27 @@ BAD_FRAMES: list[tuple[Any, str, str]] = [
     (packb({S: state(0), "prev_action": np.zeros((2, 1), np.float32),
             "rtc": {"schedule": "cubic"}}), "RequestError", "rtc['schedule']: expected one of"),
     (packb({"__ctrl__": "explode"}), "ProtocolError", "unknown control frame 'explode'"),
+    # finite as sent, inf once cast to float32: refused before the policy sees it
+    (packb({S: np.array([1e300, 0, 0])}), "ObservationError",
+     "observation['observation.state']: expected |values| <= 3.403e+38 (the float32 the policy "
+     "computes in), got 1e+300, which would become inf"),
+    (packb({S: state(0), "prev_action": np.array([[1e300], [0.0]])}), "ObservationError",
+     "prev_action: expected |values| <= 3.403e+38"),
+    # finite float32 input whose actions come out NaN: an error, never an answer
+    (packb({S: np.array([3e38, 0, 0], np.float32)}), "InferenceError",
+     "the policy returned non-finite actions (8 of 8 values NaN or inf) for env"),
+    (packb({S: state(0), "prev_action": np.zeros((2, 1), np.float32),
+            "rtc": {"max_guidance_weight": 1e6}}), "RequestError",
+     "rtc['max_guidance_weight']: expected a number in [0, 100], got 1000000.0"),
+    (packb({S: state(0), "prev_action": np.zeros((2, 1), np.float32),
+            "rtc": {"max_guidance_weight": 100.5}}), "RequestError", "[0, 100], got 100.5"),
 ]  # fmt: skip
 
 
 def send_bad_frames(url: str, ok_state: np.ndarray, ok_actions: np.ndarray) -> None:
-    """Every bad frame gets its error reply on one connection, which then still works, until
-    an oversized frame makes websockets close it (1009)."""
-    with connect(url, compression=None, proxy=None) as bad:
+    """Every bad frame gets its typed error reply on one envactor connection, which then still
+    works, until an oversized frame makes websockets close it (1009)."""
+    with connect(url, compression=None, proxy=None, additional_headers=ENVACTOR) as bad:
         bad.recv(timeout=5)  # metadata
         for frame, kind, message in BAD_FRAMES:
             bad.send(frame)
@@ -305,6 +328,61 @@ def test_bad_clients_never_disturb_a_good_one() -> None:
         assert results and all(results)
         reply = good.infer({S: state(xs[-1])})  # and the server is still serving
         np.testing.assert_allclose(reply["actions"], want[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_errors_are_text_frames_for_other_clients_and_the_connection_stays() -> None:
+    """A client without envactor's header (openpi's) gets each error as one text line
+    ``"<type>: <message>"``, and its next request on the same connection is answered."""
+    policy = mlp_policy()
+    with serving(policy) as srv, connect(srv.url, compression=None, proxy=None) as ws:
+        ws.recv(timeout=5)  # metadata
+        for frame, kind, message in BAD_FRAMES:
+            ws.send(frame)
+            text = ws.recv(timeout=5)
+            assert isinstance(text, str) and text.startswith(f"{kind}: "), text
+            assert message in text and "\n" not in text, (text, message)
+        ws.send(packb({S: state(0.2)}))
+        reply = unpackb(ws.recv(timeout=5, decode=False))
+    np.testing.assert_allclose(reply["actions"], local(policy, state(0.2)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_protocol_header_gets_text_errors() -> None:
+    with serving(mlp_policy()) as srv:
+        headers = {CLIENT_HEADER: "envactor-ws/0"}
+        with connect(srv.url, compression=None, proxy=None, additional_headers=headers) as ws:
+            ws.recv(timeout=5)
+            ws.send(packb({"prompt": "x"}))
+            assert ws.recv(timeout=5).startswith("ObservationError: observation is missing keys")
+
+
+def test_non_finite_actions_fail_only_their_row_and_guidance_weight_is_bounded() -> None:
+    policy = flow_policy()
+    prev = np.full((4, 1), 0.5, np.float32)
+    with serving(policy, max_batch=8, batch_timeout_ms=3000) as srv:
+        clients = [PolicyClient(port=srv.port) for _ in range(2)]
+
+        def ask(c: PolicyClient, st: np.ndarray) -> Any:
+            try:
+                return c.infer({S: st})
+            except RemoteError as exc:
+                return exc
+
+        huge = np.array([3e38, 0, 0], np.float32)
+        out = in_threads([partial(ask, clients[0], state(0.2)), partial(ask, clients[1], huge)])
+        assert out[0]["server_timing"]["batch_size"] == 2  # the rows shared a forward pass
+        assert np.isfinite(out[0]["actions"]).all()
+        assert isinstance(out[1], RemoteError) and out[1].kind == "InferenceError"
+        assert "non-finite actions" in out[1].message
+        top = clients[0].infer(  # the largest weight allowed gives an answer
+            {S: state(0.2)}, prev_action=prev, est_delay=1, rtc={"max_guidance_weight": 100}
+        )
+        assert top["actions"].shape == (8, 1) and np.isfinite(top["actions"]).all()
+        with pytest.raises(RemoteError, match=r"expected a number in \[0, 100\], got 1000000.0"):
+            clients[0].infer(
+                {S: state(0.2)}, prev_action=prev, est_delay=1, rtc={"max_guidance_weight": 1e6}
+            )
+        for c in clients:
+            c.close()
 
 
 # ---------------------------------------------------------------------------- state and RTC

@@ -6,6 +6,8 @@ requests are grouped together and guided requests with the same executor and set
 (their per-robot remainders, d and s may differ: one GuidanceRequest holds them all); a group
 runs through that executor's policy call, the one the vector actor and the real-time controller
 use. A group that fails is re-run request by request, so one bad row only fails its own client.
+A row whose actions are not all finite (NaN or inf, e.g. from an observation near the float32
+limit) is answered with an ``InferenceError``, never with the actions.
 """
 
 from __future__ import annotations
@@ -126,18 +128,27 @@ class Batcher:
         self.forward_passes += 1
         self.requests += len(reqs)
         version = int(self.policy.weight_version)
-        return [
-            {
-                "actions": np.ascontiguousarray(chunks[i], dtype=np.float32),
-                "server_timing": {
-                    "infer_ms": infer_ms,
-                    "queue_ms": max(0.0, (start - r.arrived) * 1e3),
-                    "batch_size": len(reqs),
-                },
-                "weight_version": version,
+        replies: list[Reply] = []
+        for i, r in enumerate(reqs):
+            actions = np.ascontiguousarray(chunks[i], dtype=np.float32)
+            if not np.isfinite(actions).all():
+                bad = int(np.size(actions) - np.isfinite(actions).sum())
+                replies.append(
+                    RequestError(
+                        "InferenceError",
+                        f"the policy returned non-finite actions ({bad} of {actions.size} values "
+                        f"NaN or inf) for env {r.env_id}; expected finite actions (is the "
+                        "observation far outside the policy's training range?)",
+                    ).reply()
+                )
+                continue
+            timing = {
+                "infer_ms": infer_ms,
+                "queue_ms": max(0.0, (start - r.arrived) * 1e3),
+                "batch_size": len(reqs),
             }
-            for i, r in enumerate(reqs)
-        ]
+            replies.append({"actions": actions, "server_timing": timing, "weight_version": version})
+        return replies
 
     def _call(self, reqs: list[InferRequest]) -> np.ndarray:
         keys = list(self.policy.input_features)

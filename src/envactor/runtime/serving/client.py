@@ -11,6 +11,16 @@ given whole). For a policy with observation history (metadata ``n_obs_steps > 1`
 :meth:`PolicyClient.observe` on every control step that does not call ``infer``: the server then
 sees every step (openpi's protocol has no such frame; without it the history holds only the
 observations of the requests).
+
+openpi servers: a server whose metadata has no envactor ``protocol`` field (``envactor-ws/...``)
+is taken for an openpi server (:attr:`PolicyClient.openpi_server`), which reads every frame as
+an observation. It is sent observations only: ``reset``, ``set_seed``, ``episode_start`` and
+``episode_end`` send nothing and answer ``{"ok": True, "ctrl": name, "sent": False}`` (its
+policy state and noise stay the server's own), ``observe`` does the same unless the metadata
+declares ``n_obs_steps > 1`` (then it raises, since the server cannot record the step), and
+``infer`` with a real-time chunking request raises :class:`UnsupportedRequestError`. A text
+frame (openpi's way of sending an error, after which it closes the connection) raises
+``RemoteError`` with the server's text; the next call reconnects.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from envactor.chunking.request import GuidanceRequest
-from envactor.runtime.serving.wire import packb, unpackb
+from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, packb, unpackb
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -34,9 +44,13 @@ __all__ = [
     "PolicyClient",
     "RemoteError",
     "ServerUnavailableError",
+    "UnsupportedRequestError",
+    "is_envactor_metadata",
 ]
 
 DEFAULT_MAX_SIZE = 16 * 2**20
+ENVACTOR_PROTOCOL_PREFIX = "envactor-ws/"
+"""How the ``protocol`` field of an envactor server's metadata starts (openpi's has none)."""
 
 
 class ServerUnavailableError(ConnectionError):
@@ -47,6 +61,10 @@ class AuthenticationError(PermissionError):
     """The server refused the handshake: missing or wrong API key (HTTP 401)."""
 
 
+class UnsupportedRequestError(RuntimeError):
+    """A call the server's protocol cannot carry (an openpi server has no envactor frames)."""
+
+
 class RemoteError(RuntimeError):
     """An error reply ``{"error": {"type", "message"}}`` (or an openpi server's text frame)."""
 
@@ -54,6 +72,13 @@ class RemoteError(RuntimeError):
         super().__init__(f"{kind} from policy server {uri}: {message}")
         self.kind = kind
         self.message = message
+
+
+def is_envactor_metadata(meta: Mapping[str, Any]) -> bool:
+    """True when a metadata frame is an envactor server's (its ``protocol`` is ``envactor-ws/N``);
+    False for an openpi server, whose metadata has no such field."""
+    protocol = meta.get("protocol")
+    return isinstance(protocol, str) and protocol.startswith(ENVACTOR_PROTOCOL_PREFIX)
 
 
 def _version_kwargs(connect: Any) -> dict[str, Any]:
@@ -121,6 +146,12 @@ class PolicyClient:
         assert self._metadata is not None
         return self._metadata
 
+    @property
+    def openpi_server(self) -> bool:
+        """True when the server's metadata has no envactor ``protocol`` field (an openpi server):
+        it is then sent observations only (see the module docstring)."""
+        return not is_envactor_metadata(self.metadata)
+
     def infer(
         self,
         obs: Mapping[str, Any],
@@ -137,10 +168,18 @@ class PolicyClient:
         ``est_delay`` (d), the server runs real-time chunking; ``executed`` is s and ``rtc`` holds
         ``schedule``/``max_guidance_weight``/``jacobian``/``method``/``executor``. Or pass
         ``guidance``, a one-robot request. Arrays in the reply are read-only views of the
-        received frame.
+        received frame. An openpi server takes plain observations only: a real-time chunking
+        request to one raises ``UnsupportedRequestError`` (nothing is sent).
         """
         executor = None
         omit: tuple[str, ...] = ()
+        if (prev_action is not None or guidance is not None) and self.openpi_server:
+            raise UnsupportedRequestError(
+                f"policy server {self.uri} is an openpi server (its metadata has no envactor "
+                "'protocol'): it takes plain observations only, so infer() cannot send "
+                "prev_action=/guidance=; call infer(obs) and blend client-side (RemotePolicy "
+                "does), or serve the policy with envactor serve"
+            )
         if prev_action is not None:
             if guidance is not None:
                 raise TypeError("PolicyClient.infer: give guidance= or prev_action=, not both")
@@ -164,30 +203,46 @@ class PolicyClient:
     def observe(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """envactor control frame: record one step's observation (unbatched) in this robot's
         history on the server without asking for a chunk (policies with ``n_obs_steps > 1``;
-        a no-op on the server otherwise)."""
+        a no-op on the server otherwise).
+
+        An openpi server has no such frame: nothing is sent (``"sent": False`` in the reply)
+        unless its metadata declares ``n_obs_steps > 1``, which raises
+        ``UnsupportedRequestError`` (dropping the step would silently change what the policy
+        sees)."""
+        if self.openpi_server and int(self.metadata.get("n_obs_steps") or 1) > 1:
+            raise UnsupportedRequestError(
+                f"policy server {self.uri} is an openpi server with n_obs_steps="
+                f"{self.metadata.get('n_obs_steps')} in its metadata but no observe frame: the "
+                "steps without infer() cannot reach its history; call infer() every step instead"
+            )
         frame = {str(k): _plain(v) for k, v in obs.items()}
         frame["__ctrl__"] = "observe"
-        return self._call(packb(frame))
+        return self._control("observe", frame)
 
     def episode_start(
         self, *, experiment: str = "", task: str = "", episode_id: int = 0
     ) -> dict[str, Any]:
-        """openpi control frame: a new episode (the server resets this client's policy state)."""
+        """envactor control frame: a new episode (the server resets this client's policy state).
+        Nothing is sent to an openpi server."""
         frame = {"__ctrl__": "episode_start", "__experiment__": experiment, "__task__": task,
                  "__episode_id__": int(episode_id)}  # fmt: skip
-        return self._call(packb(frame))
+        return self._control("episode_start", frame)
 
     def episode_end(self, success: bool = False) -> dict[str, Any]:
-        """openpi control frame: the episode ended (state is reset too)."""
-        return self._call(packb({"__ctrl__": "episode_end", "__success__": bool(success)}))
+        """envactor control frame: the episode ended (state is reset too). Nothing is sent to
+        an openpi server."""
+        frame = {"__ctrl__": "episode_end", "__success__": bool(success)}
+        return self._control("episode_end", frame)
 
     def reset(self) -> dict[str, Any]:
-        """Reset this client's per-env state on the server (an ``episode_start`` frame)."""
+        """Reset this client's per-env state on the server (an ``episode_start`` frame; nothing
+        is sent to an openpi server, whose state stays its own)."""
         return self.episode_start()
 
     def set_seed(self, seed: int) -> dict[str, Any]:
-        """Seed this client's policy noise on the server (envactor control frame)."""
-        return self._call(packb({"__ctrl__": "set_seed", "seed": int(seed)}))
+        """Seed this client's policy noise on the server (envactor control frame; nothing is
+        sent to an openpi server, so its noise is not reproducible from here)."""
+        return self._control("set_seed", {"__ctrl__": "set_seed", "seed": int(seed)})
 
     def close(self) -> None:
         """Close the connection (a later call reconnects)."""
@@ -214,7 +269,9 @@ class PolicyClient:
 
         open_ws: Any = connect  # the overloads depend on the websockets version
 
-        headers = {} if self.api_key is None else {"Authorization": f"Api-Key {self.api_key}"}
+        headers = {CLIENT_HEADER: PROTOCOL}  # typed error replies from envactor's server
+        if self.api_key is not None:
+            headers["Authorization"] = f"Api-Key {self.api_key}"
         start, wait, last = time.monotonic(), self.backoff_s, "none"
         for attempt in range(self.retries):
             if attempt:
@@ -245,6 +302,9 @@ class PolicyClient:
                 conn.close()
                 last = f"no metadata frame: {type(exc).__name__}: {exc}"
                 continue
+            except RemoteError:  # an error instead of the metadata: no use retrying
+                conn.close()
+                raise
             self._conn, self._metadata = conn, meta
             return conn
         raise ServerUnavailableError(
@@ -253,8 +313,8 @@ class PolicyClient:
         )
 
     def _decode(self, raw: str | bytes) -> dict[str, Any]:
-        if isinstance(raw, str):  # openpi servers send a traceback as text before closing
-            raise RemoteError("ServerError", raw, self.uri)
+        if isinstance(raw, str):  # openpi servers send a traceback as text, then close (1011)
+            raise RemoteError("ServerError", f"error sent as a text frame:\n{raw}", self.uri)
         msg = unpackb(raw)
         if not isinstance(msg, dict):
             raise RemoteError(
@@ -312,6 +372,12 @@ class PolicyClient:
             raise ServerUnavailableError(
                 f"policy server {self.uri} closed the connection during the request: {exc}"
             ) from None
+
+    def _control(self, name: str, frame: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a control frame to an envactor server; to an openpi server, nothing."""
+        if self.openpi_server:
+            return {"ok": True, "ctrl": name, "sent": False}
+        return self._call(packb(frame))
 
     def _call(self, payload: bytes) -> dict[str, Any]:
         with self._lock:

@@ -12,11 +12,19 @@ forwarded (``set_seed`` control frames) so seeded runs reproduce the local polic
 Observation history: the SERVER keeps it (``n_obs_steps`` from the metadata). This side does not
 stack frames (``stacks_history = False``): each request carries the current observation, and the
 steps without a request reach the server as ``observe`` control frames (the ``_observe`` hook).
+
+openpi servers (metadata without envactor's ``protocol`` field, see ``PolicyClient``) get plain
+observation frames only: no ``set_seed``, ``episode_start`` or ``observe`` frames and no
+guidance fields. Their metadata usually lacks ``action_shape`` and ``input_features``: give them
+as ``RemotePolicy(..., action_shape=(H, A), input_features={key: shape})``. Guided calls (the
+``rtc`` executor and others with method ``guided``) fall back to plain chunk requests and the
+client-side post-hoc blend ``Y * W + pred * (1 - W)``; training-time RTC (``rtc_trained``) is
+refused; seeds are not forwarded; ``reset`` leaves the server's per-connection state alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,9 +32,14 @@ import torch
 
 from envactor.chunking.request import GuidanceRequest
 from envactor.normalize import Normalizer
-from envactor.policy.base import ACTION_KEY, EnvIds, Policy
+from envactor.policy.base import ACTION_KEY, EnvIds, Policy, PolicyError
 from envactor.policy.boundary import ObservationError
-from envactor.runtime.serving.client import PolicyClient, RemoteError, infer_message
+from envactor.runtime.serving.client import (
+    PolicyClient,
+    RemoteError,
+    UnsupportedRequestError,
+    infer_message,
+)
 from envactor.runtime.serving.wire import packb
 
 __all__ = ["RemotePolicy", "params_from_metadata"]
@@ -35,23 +48,71 @@ _EPISODE_START = {"__ctrl__": "episode_start", "__experiment__": "", "__task__":
                   "__episode_id__": 0}  # fmt: skip
 
 
-def params_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Policy params of a remote policy from the server's metadata (identity normalization)."""
+FeatureShapes = Mapping[str, Sequence[int] | Mapping[str, Any]]
+"""Input features given by hand: ``{key: shape}`` or ``{key: {"shape": [...], "dtype": ...}}``."""
+
+
+def _features(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``{key: shape}`` or metadata-style ``{key: {shape, dtype}}`` -> policy input features."""
     try:
-        horizon, adim = (int(x) for x in meta["action_shape"])
-        feats = {
-            str(k): {
-                "shape": [int(n) for n in v["shape"]],
-                "dtype": str(v.get("dtype", "float32")),
+        feats = {}
+        for k, v in raw.items():
+            spec = v if isinstance(v, Mapping) else {"shape": v}
+            feats[str(k)] = {
+                "shape": [int(n) for n in spec["shape"]],
+                "dtype": str(spec.get("dtype") or "float32"),
                 "norm": "identity",
             }
-            for k, v in meta["input_features"].items()
-        }
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(
-            "server metadata needs 'action_shape' [H, A] and 'input_features' {key: {shape, "
-            f"dtype}}; got keys {sorted(map(str, meta))} ({type(exc).__name__}: {exc})"
+            f"{where}: expected {{key: shape}} or {{key: {{'shape': [...], 'dtype': ...}}}}, got "
+            f"{raw!r} ({type(exc).__name__}: {exc})"
         ) from None
+    return feats
+
+
+def _action_shape(raw: Any, where: str) -> tuple[int, int]:
+    try:
+        horizon, adim = (int(x) for x in raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: expected [H, A], got {raw!r} ({exc})") from None
+    return horizon, adim
+
+
+def params_from_metadata(
+    meta: Mapping[str, Any],
+    action_shape: Sequence[int] | None = None,
+    input_features: FeatureShapes | None = None,
+    *,
+    uri: str = "",
+) -> dict[str, Any]:
+    """Policy params of a remote policy from the server's metadata (identity normalization).
+
+    ``action_shape`` [H, A] and ``input_features`` given here are used when the metadata lacks
+    them (an openpi server's usually does); where both exist they must agree."""
+    where = f"server metadata{' of ' + uri if uri else ''}"
+    shape = None if action_shape is None else _action_shape(action_shape, "action_shape=")
+    feats = None if input_features is None else _features(input_features, "input_features=")
+    if "action_shape" in meta:
+        served = _action_shape(meta["action_shape"], f"{where} 'action_shape'")
+        if shape is not None and shape != served:
+            raise ValueError(f"action_shape={shape} disagrees with {where}: {served}")
+        shape = served
+    if "input_features" in meta:
+        served_f = _features(meta["input_features"], f"{where} 'input_features'")
+        if feats is not None and feats != served_f:
+            raise ValueError(f"input_features={feats} disagree with {where}: {served_f}")
+        feats = served_f
+    hints = {"action_shape": "action_shape=(H, A)", "input_features": "input_features={key: shape}"}
+    missing = [n for n, v in (("action_shape", shape), ("input_features", feats)) if v is None]
+    if missing:
+        raise ValueError(
+            f"{where} has no {' or '.join(map(repr, missing))} (its keys: "
+            f"{sorted(map(str, meta))}); pass "
+            f"{', '.join(hints[m] for m in missing)} to RemotePolicy"
+        )
+    assert shape is not None and feats is not None
+    horizon, adim = shape
     return {
         "input_features": feats,
         "action_dim": adim,
@@ -64,14 +125,18 @@ def params_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class RemotePolicy(Policy):
-    """A policy served by ``envactor serve`` (or any openpi-format server) used as a local one.
+    """A policy served by ``envactor serve`` (or an openpi server) used as a local one.
 
     Args:
         host, port, api_key: where the server is; extra keyword arguments go to each
             ``PolicyClient`` (``timeout``, ``retries``, ...).
+        action_shape: ``(H, A)`` of the served chunks, for a server whose metadata lacks
+            ``action_shape`` (an openpi server); checked against the metadata when it has one.
+        input_features: ``{key: shape}`` (or ``{key: {"shape", "dtype"}}``) of the
+            observations to send, likewise for a server whose metadata lacks them.
 
-    Collect-mode exploration is not forwarded (the served policy's ``_explore`` does not run).
-    Call ``close()`` (or use ``with``) to close the connections.
+    Collect-mode exploration is not forwarded. Against an openpi server only observations are
+    sent (see the module docstring). Call ``close()`` (or use ``with``) to close the connections.
     """
 
     trainable: ClassVar[bool] = False
@@ -79,17 +144,36 @@ class RemotePolicy(Policy):
     registered_name: ClassVar[str] = "remote"
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, **client: Any
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        *,
+        action_shape: Sequence[int] | None = None,
+        input_features: FeatureShapes | None = None,
+        **client: Any,
     ) -> None:
         probe = PolicyClient(host, port, api_key, **client)
         meta = probe.metadata
-        params = params_from_metadata(meta)
+        try:
+            params = params_from_metadata(meta, action_shape, input_features, uri=probe.uri)
+        except ValueError:
+            probe.close()
+            raise
+        openpi = probe.openpi_server
+        if openpi and params["n_obs_steps"] > 1:
+            probe.close()
+            raise UnsupportedRequestError(
+                f"openpi server {probe.uri} declares n_obs_steps={params['n_obs_steps']} but has "
+                "no observe frame: RemotePolicy cannot give it the steps without a request"
+            )
         modes: dict[str, Any] = {k: "identity" for k in params["input_features"]}
         modes[ACTION_KEY] = "identity"
         super().__init__({}, Normalizer(modes, {}), **params)
         self.weight_version = int(meta.get("weight_version") or 0)
         self.remote_metadata = dict(meta)
         self.uri = probe.uri
+        self.openpi_server = openpi  # no envactor protocol there: send observations only
         self._connect = (host, port, api_key, dict(client))
         self._spare: PolicyClient | None = probe
         self._clients: dict[Hashable, PolicyClient] = {}
@@ -108,6 +192,8 @@ class RemotePolicy(Policy):
         request: GuidanceRequest,
         prefix: torch.Tensor,
     ) -> torch.Tensor:
+        if self.openpi_server:  # no guidance fields: a plain request, blended here
+            return self._blend(obs, env_ids, request, prefix)
         return self._conditioned(obs, env_ids, request)
 
     def _prefix_chunk(
@@ -117,10 +203,16 @@ class RemotePolicy(Policy):
         request: GuidanceRequest,
         prefix: torch.Tensor,
     ) -> torch.Tensor:
+        if self.openpi_server:
+            raise PolicyError(
+                f"openpi server {self.uri} cannot run training-time RTC (method 'prefix', "
+                "executor rtc_trained): it takes plain observations only; use the rtc or blend "
+                "executor (blended client-side) or serve the policy with envactor serve"
+            )
         return self._conditioned(obs, env_ids, request)
 
     def _observe(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> None:
-        if self.n_obs_steps > 1:
+        if self.n_obs_steps > 1 and not self.openpi_server:
             frames = [dict(self._row(obs, b), __ctrl__="observe") for b in range(len(env_ids))]
             self._exchange(env_ids, frames)
 
@@ -136,6 +228,8 @@ class RemotePolicy(Policy):
         return self._actions(self._exchange(env_ids, msgs))
 
     def _reset(self, env_ids: EnvIds | None) -> None:
+        if self.openpi_server:  # it has no episode frame: its per-connection state is its own
+            return
         ids = list(self._clients) if env_ids is None else [e for e in env_ids if e in self._clients]
         if ids:
             self._exchange(ids, [_EPISODE_START] * len(ids))
@@ -166,6 +260,8 @@ class RemotePolicy(Policy):
         return client
 
     def _forward_seeds(self, env_ids: EnvIds) -> None:
+        if self.openpi_server:  # no set_seed frame there: its noise is its own
+            return
         ids = [e for e in env_ids if e in self._rngs and self._seeded.get(e) is not self._rngs[e]]
         if ids:
             frames = [{"__ctrl__": "set_seed", "seed": self._rngs[e].initial_seed()} for e in ids]

@@ -8,6 +8,10 @@ registered executor, default ``rtc``, whose policy call runs the request and who
 jacobian are the defaults). Keys the policy does not declare (an openpi ``"prompt"``, say) are
 ignored. A frame with ``"__ctrl__"`` is a control frame; ``{"__ctrl__": "observe", <observation
 keys>}`` records one step's observation without asking for a chunk (observation history).
+
+Float values must stay finite once cast to the dtype the policy computes in (float32; float16 for
+a float16 feature): ``1e300`` in a float64 array is refused, not turned into inf. The guidance
+weight ``max_guidance_weight`` must lie in ``[0, MAX_GUIDANCE_WEIGHT]`` (100; the default is 5).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ CTRL_KEY = "__ctrl__"
 CONTROL_FRAMES = ("episode_start", "episode_end", "set_seed", "observe")
 RTC_KEYS = ("prev_action", "est_delay", "executed", "rtc")
 DEFAULT_EXECUTOR = "rtc"
+MAX_GUIDANCE_WEIGHT = 100.0
+"""Largest ``max_guidance_weight`` a request may ask for (20 times the default of 5: the weight
+clips guidance, and far above it the guided chunk leaves the action range)."""
 _RTC_OPTIONS = {
     "schedule": SCHEDULES,
     "jacobian": JACOBIANS,
@@ -85,11 +92,26 @@ def _as_array(key: str, value: Any) -> np.ndarray:
     raise _obs_error(f"{key}: expected a numeric array, got {type(value).__name__}")
 
 
-def _check_numeric(key: str, arr: np.ndarray, want: str) -> None:
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _check_numeric(
+    key: str, arr: np.ndarray, want: str, compute: np.dtype | None = _FLOAT32
+) -> None:
+    """dtype int/float, and finite both as sent and once cast to ``compute`` (if given)."""
     if arr.dtype.kind not in "iuf":
         raise _obs_error(f"{key}: expected dtype {want}, got {arr.dtype}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise _obs_error(f"{key}: expected finite values, found NaN or inf")
+    if compute is None or arr.size == 0 or arr.dtype == compute:
+        return
+    limit = float(np.finfo(compute).max)
+    peak = float(np.abs(arr.astype(np.float64, copy=False)).max())
+    if peak > limit:
+        raise _obs_error(
+            f"{key}: expected |values| <= {limit:.4g} (the {compute} the policy computes in), "
+            f"got {peak:.4g}, which would become inf"
+        )
 
 
 def parse_observation(
@@ -112,7 +134,11 @@ def parse_observation(
             if arr.dtype != np.uint8:
                 raise _obs_error(f"{where}: expected dtype uint8, got {arr.dtype}")
         else:
-            _check_numeric(where, arr, f"{spec.dtype} (or another int/float dtype)")
+            compute = np.dtype(np.float16 if spec.dtype == "float16" else np.float32)
+            _check_numeric(
+                where, arr, f"{spec.dtype} (or another int/float dtype)",
+                compute if spec.dtype in ("float32", "float64", "float16", "bfloat16") else None,
+            )  # fmt: skip
         out[key] = arr
     return out
 
@@ -149,11 +175,14 @@ def _rtc_options(msg: Mapping[str, Any]) -> Mapping[str, Any]:
         )
     beta = opts.get("max_guidance_weight")
     if beta is not None and (
-        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1e6
+        isinstance(beta, bool)
+        or not isinstance(beta, int | float)
+        or not 0 <= beta <= MAX_GUIDANCE_WEIGHT
     ):
         raise RequestError(
             "RequestError",
-            f"rtc['max_guidance_weight']: expected a number in [0, 1e6], got {beta!r}",
+            f"rtc['max_guidance_weight']: expected a number in [0, {MAX_GUIDANCE_WEIGHT:g}], "
+            f"got {beta!r}",
         )
     return opts
 

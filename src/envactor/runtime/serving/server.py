@@ -10,8 +10,11 @@ connection's last observations; every request's observation enters it, and envac
 frame ``{"__ctrl__": "observe", <observation keys>}`` feeds the steps that ask for no chunk
 (``PolicyClient.observe``; ``RemotePolicy`` sends it every step). A client that never sends it
 (an openpi client) still works: the history then holds the observations of its requests.
-A request the server refuses gets ``{"error": {"type", "message"}}`` and the connection stays
-open; only a frame over ``max_size`` closes its connection (close code 1009, by websockets).
+A request the server refuses gets an error and the connection stays open: a client that sends
+the handshake header ``X-Envactor-Protocol: envactor-ws/1`` (envactor's ``PolicyClient``) gets the
+binary frame ``{"error": {"type", "message"}}``; every other client (an openpi client) gets a text
+frame ``"<type>: <message>"`` on one line, which openpi's client raises as ``RuntimeError``. Only a
+frame over ``max_size`` closes its connection (close code 1009, by websockets).
 ``GET /healthz`` answers 200. Each connection is one env id of the served policy, so per-env
 state and noise are per robot.
 """
@@ -46,17 +49,26 @@ from envactor.runtime.serving.requests import (
     parse_observation,
     parse_request,
 )
-from envactor.runtime.serving.wire import WireError, packb, unpackb
+from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, WireError, packb, unpackb
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import Request, Response, ServerConnection
 
-__all__ = ["PROTOCOL", "PolicyServer", "add_serve_args", "run_serve"]
+__all__ = ["CLIENT_HEADER", "PROTOCOL", "PolicyServer", "add_serve_args", "error_text", "run_serve"]
 
 log = logging.getLogger("envactor.server")
-PROTOCOL = "envactor-ws/1"
-DEFAULT_MAX_SIZE = 16 * 2**20
+"""Handshake header by which envactor's client asks for typed binary error frames."""
+DEFAULT_MAX_SIZE = 64 * 2**20
+"""64 MiB: three uncompressed 1080p RGB uint8 cameras (3 x 1080 x 1920 x 3 bytes = 17.8 MiB) plus
+state fit 3.5 times over (a fourth camera, a depth map or float images still fit)."""
 API_KEY_ENV = "ENVACTOR_API_KEY"
+
+
+def error_text(error: Mapping[str, Any]) -> str:
+    """An error reply as one line of text, ``"<type>: <message>"`` (the text frame for clients
+    that are not envactor's: openpi's client raises it as ``RuntimeError``)."""
+    message = " ".join(str(error.get("message", "")).split())
+    return f"{error.get('type', 'ServerError')}: {message}"
 
 
 def policy_metadata(policy: Policy) -> dict[str, Any]:
@@ -92,7 +104,8 @@ class PolicyServer:
         api_key: when set, a handshake without ``Authorization: Api-Key <key>`` gets HTTP 401.
         max_batch: most requests per forward pass (1 disables batching).
         batch_timeout_ms: how long a request may wait for others to join its batch.
-        max_size: largest accepted frame in bytes (a larger one closes its connection, 1009).
+        max_size: largest accepted frame in bytes (a larger one closes its connection, 1009);
+            default 64 MiB (``DEFAULT_MAX_SIZE``).
         max_connections: handshakes beyond this many open connections get HTTP 503.
     """
 
@@ -243,12 +256,19 @@ class PolicyServer:
 
         env_id = next(self._env_ids)
         self._open += 1
+        request = conn.request
+        typed = request is not None and request.headers.get(CLIENT_HEADER, "") == PROTOCOL
         try:
             meta = policy_metadata(self.policy)
             meta.update(env_id=env_id, max_batch=self.max_batch)
             await conn.send(packb(meta))
             async for message in conn:
-                await conn.send(packb(await self._reply(message, env_id)))
+                reply = await self._reply(message, env_id)
+                error = reply.get("error")
+                if typed or not isinstance(error, Mapping):
+                    await conn.send(packb(reply))
+                else:  # openpi's convention: an error is a text frame (the connection stays)
+                    await conn.send(error_text(error))
         except ConnectionClosed:
             pass
         finally:
@@ -325,7 +345,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, default=16, help="1 disables batching")
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    parser.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_SIZE / 2**20)
+    parser.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_SIZE / 2**20,
+        help="largest accepted frame in MiB (default 64; three raw 1080p cameras are 17.8)",
+    )
     parser.add_argument("--override", "-o", action="append", default=[], help="dotted key=value")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass")
 

@@ -19,7 +19,20 @@ from typing import Any
 import msgpack
 import numpy as np
 
-__all__ = ["ALLOWED_DTYPES", "MAX_NDIM", "WireError", "packb", "unpackb"]
+__all__ = [
+    "ALLOWED_DTYPES",
+    "CLIENT_HEADER",
+    "MAX_NDIM",
+    "PROTOCOL",
+    "WireError",
+    "packb",
+    "unpackb",
+]
+
+# envactor's protocol on top of openpi's format: in the server's metadata (``protocol``) and in
+# the handshake header envactor's client sends, which gets it typed binary error replies
+PROTOCOL = "envactor-ws/1"
+CLIENT_HEADER = "X-Envactor-Protocol"
 
 _NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
           "float16", "float32", "float64")  # fmt: skip
