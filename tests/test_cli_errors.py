@@ -96,6 +96,10 @@ CASES = {
         ["nolast/checkpoints/last: no such file", "step_000001"],
     ),
     "run --hz inf": (["run", TASK, "--ckpt", "ckpt", "--hz", "inf", "--seconds", "1"], ["--hz"]),
+    "serve per-key limit 0": (
+        ["serve", "mlp_chunk", "--max-connections-per-key", "0"],
+        ["--max-connections-per-key", "expected an integer >= 1"],
+    ),
 }
 
 

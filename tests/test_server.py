@@ -568,7 +568,7 @@ def test_serve_args_and_run_serve(
     assert args.api_key == "k1"
 
     async def fake_serve(self: PolicyServer, ready: Callable[[], None] | None = None) -> None:
-        assert self.max_batch == 16 and self._expected == b"Api-Key k1"
+        assert self.max_batch == 16 and self._keys == [b"Api-Key k1"]
         assert ready is not None
         ready()
 

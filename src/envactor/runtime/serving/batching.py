@@ -70,6 +70,12 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executors: dict[str, ChunkExecutor] = {}
 
+    @property
+    def executors(self) -> dict[str, ChunkExecutor]:
+        """The executors made so far for guided requests, by name (their per-env state is
+        released when a connection closes)."""
+        return self._executors
+
     def submit(self, req: InferRequest) -> asyncio.Future[Reply]:
         """Queue ``req``; the future resolves to its reply (actions or an error)."""
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()

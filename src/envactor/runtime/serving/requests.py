@@ -12,14 +12,20 @@ keys>}`` records one step's observation without asking for a chunk (observation 
 Float values must stay finite once cast to the dtype the policy computes in (float32; float16 for
 a float16 feature): ``1e300`` in a float64 array is refused, not turned into inf. The guidance
 weight ``max_guidance_weight`` must lie in ``[0, MAX_GUIDANCE_WEIGHT]`` (100; the default is 5).
+
+Frames are decoded with a budget (:func:`decode_frame`): at most ``MAX_FRAME_ITEMS`` list and map
+entries in all, so a frame of nested lists (millions of small integers fit in a few MB) is
+refused after a bounded amount of work instead of being built and converted in full. Arrays
+travel as openpi's ndarray maps, which cost one entry each whatever their size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from envactor.chunking.masks import SCHEDULES
@@ -32,6 +38,7 @@ from envactor.chunking.request import (
 )
 from envactor.policy.specs import FeatureSpec
 from envactor.runtime.executors import EXECUTORS
+from envactor.runtime.serving.wire import WireError, _object_hook, _refuse_ext
 
 CTRL_KEY = "__ctrl__"
 CONTROL_FRAMES = ("episode_start", "episode_end", "set_seed", "observe")
@@ -40,6 +47,10 @@ DEFAULT_EXECUTOR = "rtc"
 MAX_GUIDANCE_WEIGHT = 100.0
 """Largest ``max_guidance_weight`` a request may ask for (20 times the default of 5: the weight
 clips guidance, and far above it the guided chunk leaves the action range)."""
+MAX_FRAME_ITEMS = 1 << 19
+"""Most list and map entries one frame may hold (524,288; each list or map counts its length plus
+one): a 256 x 256 x 3 image sent as nested lists (262,401 entries) fits; numpy arrays (openpi's
+ndarray maps) cost one entry each whatever their size."""
 _RTC_OPTIONS = {
     "schedule": SCHEDULES,
     "jacobian": JACOBIANS,
@@ -75,6 +86,54 @@ class InferRequest:
         """Batch key: None for plain requests, (executor, settings) for guided ones."""
         g = self.guidance
         return None if g is None else (self.executor, g.settings)
+
+
+class _Budget:
+    """msgpack hooks that count list/map entries and stop the decode past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = int(limit)
+        self.limit = int(limit)
+
+    def _spend(self, n: int) -> None:
+        self.left -= n + 1
+        if self.left < 0:
+            raise WireError(
+                f"frame holds more than {self.limit} list/map entries; expected numpy arrays "
+                "(openpi's ndarray maps), not large nested lists"
+            )
+
+    def lists(self, obj: list[Any]) -> list[Any]:
+        self._spend(len(obj))
+        return obj
+
+    def maps(self, obj: dict[Any, Any]) -> Any:
+        self._spend(len(obj))
+        return _object_hook(obj)
+
+
+def decode_frame(data: bytes, max_items: int = MAX_FRAME_ITEMS) -> Any:
+    """One msgpack frame -> Python objects with numpy arrays (as :func:`wire.unpackb`), refused
+    with a ``WireError`` once it holds more than ``max_items`` list/map entries.
+
+    The count runs while msgpack builds the objects (a hook per finished list and map, each at
+    most 65,536 entries long), so a hostile frame costs at most ``max_items`` entries of work."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError(f"expected a binary frame (bytes), got {type(data).__name__}")
+    budget = _Budget(max_items)
+    hooks: dict[str, Callable[..., Any]] = {"list_hook": budget.lists, "object_hook": budget.maps}
+    try:
+        return msgpack.unpackb(
+            data, ext_hook=_refuse_ext, raw=False, strict_map_key=True, max_str_len=1 << 20,
+            max_array_len=1 << 16, max_map_len=1 << 12, **hooks,
+        )  # fmt: skip
+    except WireError:
+        raise
+    except msgpack.StackError:
+        raise WireError("frame is nested deeper than the msgpack unpacker allows") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise WireError(f"could not decode the frame as msgpack: {detail}") from None
 
 
 def _obs_error(message: str) -> RequestError:

@@ -15,8 +15,15 @@ the handshake header ``X-Envactor-Protocol: envactor-ws/1`` (envactor's ``Policy
 binary frame ``{"error": {"type", "message"}}``; every other client (an openpi client) gets a text
 frame ``"<type>: <message>"`` on one line, which openpi's client raises as ``RuntimeError``. Only a
 frame over ``max_size`` closes its connection (close code 1009, by websockets).
+Frames are decoded with a budget of list/map entries (``requests.decode_frame``), and frames over
+``OFFLOAD_BYTES`` are decoded and validated on decode threads, off the event loop.
+Limits: at most ``max_connections`` open connections (HTTP 503 beyond), at most
+``max_connections_per_key`` of them per API key (HTTP 429 beyond; only when keys are set), and a
+connection that sends no frame for ``idle_timeout_s`` is closed (code 1008, reason "idle ...").
 ``GET /healthz`` answers 200. Each connection is one env id of the served policy, so per-env
-state and noise are per robot.
+state and noise are per robot; when it closes, everything kept for that env id is released (the
+policy's pending actions, history, noise generators and per-env state, the executors' per-env
+state), so memory does not grow with the number of connections served (``state_sizes()``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -40,16 +47,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from envactor.policy.base import Policy
+from envactor.policy.modes import MODE_SCOPES, ModeEnv
+from envactor.runtime.cli_args import number
 from envactor.runtime.executors import EXECUTORS
 from envactor.runtime.serving.batching import Batcher, Reply
 from envactor.runtime.serving.requests import (
     CONTROL_FRAMES,
     CTRL_KEY,
+    InferRequest,
     RequestError,
+    decode_frame,
     parse_observation,
     parse_request,
 )
-from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, WireError, packb, unpackb
+from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, WireError, packb
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import Request, Response, ServerConnection
@@ -62,6 +73,21 @@ DEFAULT_MAX_SIZE = 64 * 2**20
 """64 MiB: three uncompressed 1080p RGB uint8 cameras (3 x 1080 x 1920 x 3 bytes = 17.8 MiB) plus
 state fit 3.5 times over (a fourth camera, a depth map or float images still fit)."""
 API_KEY_ENV = "ENVACTOR_API_KEY"
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+"""5 minutes without a frame: far above any control period or pause between episodes of a live
+robot, short enough that abandoned connections do not hold slots for long."""
+IDLE_CLOSE_CODE = 1008  # policy violation: the server's idle rule
+OFFLOAD_BYTES = 1 << 18
+"""Frames larger than this (256 KiB) are decoded and validated on the decode threads, not on the
+event loop, so other clients' frames keep flowing meanwhile."""
+
+
+def default_per_key(max_connections: int) -> int:
+    """A quarter of the overall limit (at least 1): one key, leaked or buggy, can hold at most a
+    quarter of the slots, so three quarters stay for the other key holders, while one key still
+    serves a fleet of robots (64 under the default limit of 256)."""
+    return max(1, int(max_connections) // 4)
 
 
 def error_text(error: Mapping[str, Any]) -> str:
@@ -101,12 +127,18 @@ class PolicyServer:
         policy: the policy to serve (its normalizer does the (un)normalization).
         host: interface to bind; loopback unless told otherwise.
         port: TCP port (0 picks a free one; see ``port`` after ``start()``).
-        api_key: when set, a handshake without ``Authorization: Api-Key <key>`` gets HTTP 401.
+        api_key: a key, or a list of keys (one per user or fleet); when set, a handshake
+            without ``Authorization: Api-Key <key>`` for one of them gets HTTP 401.
         max_batch: most requests per forward pass (1 disables batching).
         batch_timeout_ms: how long a request may wait for others to join its batch.
         max_size: largest accepted frame in bytes (a larger one closes its connection, 1009);
             default 64 MiB (``DEFAULT_MAX_SIZE``).
         max_connections: handshakes beyond this many open connections get HTTP 503.
+        max_connections_per_key: handshakes beyond this many open connections with the same API
+            key get HTTP 429 (default ``max_connections // 4``; unused without API keys).
+        idle_timeout_s: a connection that sends no frame for this long is closed (code 1008);
+            None or 0 never closes idle connections. The time a request is being answered
+            does not count.
     """
 
     def __init__(
@@ -115,18 +147,34 @@ class PolicyServer:
         *,
         host: str = "127.0.0.1",
         port: int = 8000,
-        api_key: str | None = None,
+        api_key: str | Sequence[str] | None = None,
         max_batch: int = 16,
         batch_timeout_ms: float = 2.0,
         max_size: int = DEFAULT_MAX_SIZE,
-        max_connections: int = 256,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_key: int | None = None,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
-        if api_key is not None and not api_key:
-            raise ValueError("api_key must be a non-empty string or None")
+        keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
+        if (api_key is not None and not keys) or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(
+                f"api_key must be a non-empty string, a list of them, or None; got {api_key!r}"
+            )
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        per_key = (
+            default_per_key(max_connections)
+            if max_connections_per_key is None
+            else int(max_connections_per_key)
+        )
+        if per_key < 1:
+            raise ValueError(f"max_connections_per_key must be >= 1, got {per_key}")
+        if idle_timeout_s is not None and idle_timeout_s < 0:
+            raise ValueError(f"idle_timeout_s must be >= 0 (0: never), got {idle_timeout_s}")
         self.policy = policy
         self._observes = policy.n_obs_steps > 1 or "_observe" in policy.hooks()
         self.host = host
@@ -135,11 +183,15 @@ class PolicyServer:
         self.batch_timeout_ms = float(batch_timeout_ms)
         self.max_size = int(max_size)
         self.max_connections = int(max_connections)
-        self._expected = None if api_key is None else f"Api-Key {api_key}".encode()
+        self.max_connections_per_key = per_key
+        self.idle_timeout_s = float(idle_timeout_s) if idle_timeout_s else None
+        self._keys = [f"Api-Key {k}".encode() for k in keys]
         self._env_ids = itertools.count()
         self._open = 0
+        self._per_key: dict[int, int] = {}  # key index -> open connections
         self._batcher: Batcher | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._decoder: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +213,35 @@ class PolicyServer:
             "connections": self._open,
         }
 
+    def state_sizes(self) -> dict[str, int]:
+        """How many entries the per-connection tables hold: open connections, connections per
+        API key, and the policy's and executors' per-env state (pending actions, observation
+        histories, noise generators). Back to their size before once the connections close."""
+        policy = self.policy
+        queues = getattr(getattr(policy, "_queues", None), "_queues", {})
+        history = getattr(getattr(policy, "_history", None), "_frames", {})
+        executors = self._batcher.executors if self._batcher is not None else {}
+        return {
+            "connections": self._open,
+            "keys": len(self._per_key),
+            "policy_queues": len(queues),
+            "policy_history": len(history),
+            "policy_rngs": len(getattr(policy, "_rngs", {})),
+            "executor_envs": sum(len(getattr(e, "_envs", {})) for e in executors.values()),
+        }
+
+    def _release(self, env_id: int) -> None:
+        """Forget everything kept for ``env_id`` (worker thread; its connection closed)."""
+        self.policy.reset([env_id])
+        rngs = getattr(self.policy, "_rngs", None)  # reset keeps them: streams continue
+        if isinstance(rngs, dict):
+            rngs.pop(env_id, None)
+            for mode in MODE_SCOPES:
+                rngs.pop(ModeEnv(mode, env_id), None)
+        if self._batcher is not None:
+            for executor in self._batcher.executors.values():
+                executor.reset([env_id])
+
     # ------------------------------------------------------------------ running
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Serve until ``stop()`` (or cancellation); ``ready`` is called once listening."""
@@ -169,6 +250,7 @@ class PolicyServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="envactor-infer")
+        self._decoder = ThreadPoolExecutor(2, thread_name_prefix="envactor-decode")
         self._batcher = Batcher(
             self.policy,
             self._executor,
@@ -193,6 +275,7 @@ class PolicyServer:
         finally:
             batching.cancel()
             self._executor.shutdown(wait=True, cancel_futures=True)
+            self._decoder.shutdown(wait=True, cancel_futures=True)
 
     def start(self, timeout: float = 30.0) -> PolicyServer:
         """Serve on a background thread (own event loop); returns once listening."""
@@ -234,35 +317,84 @@ class PolicyServer:
         self.stop()
 
     # ------------------------------------------------------------------ connections
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Health check, API key and connection limit, before the WebSocket handshake."""
-        if request.path.split("?", 1)[0] == "/healthz":
-            return connection.respond(HTTPStatus.OK, "OK\n")
-        if self._expected is not None:
-            got = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(got, self._expected):
-                return connection.respond(
-                    HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key <key>'\n"
-                )
+    def _key_of(self, request: Request | None) -> int | None:
+        """Index of the API key ``request`` carries (-1: none matches); None without keys."""
+        if not self._keys:
+            return None
+        got = (
+            b""
+            if request is None
+            else request.headers.get("Authorization", "").encode("utf-8", "replace")
+        )
+        found = -1
+        for i, key in enumerate(self._keys):  # compare with every key: no early exit
+            if hmac.compare_digest(got, key):
+                found = i
+        return found
+
+    def _refusal(self, key: int | None) -> tuple[HTTPStatus, str] | None:
+        """Why a new connection with ``key`` is over a limit (None: it is not)."""
         if self._open >= self.max_connections:
-            return connection.respond(
+            return (
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"policy server is at its limit of {self.max_connections} connections\n",
+                f"policy server is at its limit of {self.max_connections} connections",
+            )
+        if key is not None and self._per_key.get(key, 0) >= self.max_connections_per_key:
+            return (
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"API key #{key + 1} is at its limit of {self.max_connections_per_key} open "
+                "connections (--max-connections-per-key); close one or use another key",
             )
         return None
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Health check, API key and connection limits, before the WebSocket handshake."""
+        if request.path.split("?", 1)[0] == "/healthz":
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        key = self._key_of(request)
+        if key == -1:
+            return connection.respond(
+                HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key <key>'\n"
+            )
+        refused = self._refusal(key)
+        if refused is not None:
+            return connection.respond(refused[0], refused[1] + "\n")
+        return None
+
+    async def _frames(self, conn: ServerConnection, env_id: int) -> AsyncIterator[str | bytes]:
+        """The frames of ``conn``; closes it (code 1008) after ``idle_timeout_s`` without one."""
+        timeout = self.idle_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await conn.recv()
+            except TimeoutError:
+                log.info("closing idle connection of env %s after %s s", env_id, timeout)
+                await conn.close(
+                    IDLE_CLOSE_CODE, f"idle for {timeout:g} s without a frame (--idle-timeout-s)"
+                )
+                return
+            yield message
 
     async def _handler(self, conn: ServerConnection) -> None:
         from websockets.exceptions import ConnectionClosed
 
         env_id = next(self._env_ids)
-        self._open += 1
         request = conn.request
+        key = self._key_of(request)
+        refused = self._refusal(key)
+        if refused is not None:  # handshakes that raced past _process_request
+            await conn.close(1013, refused[1][:120])  # 1013: try again later
+            return
+        self._open += 1
+        if key is not None:
+            self._per_key[key] = self._per_key.get(key, 0) + 1
         typed = request is not None and request.headers.get(CLIENT_HEADER, "") == PROTOCOL
         try:
             meta = policy_metadata(self.policy)
             meta.update(env_id=env_id, max_batch=self.max_batch)
             await conn.send(packb(meta))
-            async for message in conn:
+            async for message in self._frames(conn, env_id):
                 reply = await self._reply(message, env_id)
                 error = reply.get("error")
                 if typed or not isinstance(error, Mapping):
@@ -273,14 +405,36 @@ class PolicyServer:
             pass
         finally:
             self._open -= 1
+            if key is not None:
+                left = self._per_key.pop(key) - 1
+                if left:
+                    self._per_key[key] = left
             try:
-                await self._on_worker(lambda: self.policy.reset([env_id]))
+                await self._on_worker(lambda: self._release(env_id))
             except Exception:  # a failing reset must not kill the server
-                log.exception("policy.reset([%s]) failed after the connection closed", env_id)
+                log.exception("releasing env %s failed after its connection closed", env_id)
 
     async def _on_worker(self, fn: Callable[[], Any]) -> Any:
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _parse(
+        self, message: bytes, env_id: int, arrived: float
+    ) -> InferRequest | tuple[Mapping[str, Any], dict[str, np.ndarray] | None]:
+        """Decode and validate one binary frame (any thread): a request, or a control frame
+        with its parsed observation (``observe``). Raises RequestError."""
+        try:
+            msg = decode_frame(message)
+        except WireError as exc:
+            raise RequestError("DecodeError", str(exc)) from None
+        if isinstance(msg, Mapping) and CTRL_KEY in msg:
+            obs = None
+            if msg[CTRL_KEY] == "observe":
+                obs = parse_observation(msg, self.policy.input_features)
+            return msg, obs
+        return parse_request(
+            msg, env_id, self.policy.input_features, self.policy.action_shape, arrived
+        )
 
     async def _reply(self, message: str | bytes, env_id: int) -> Reply:
         """The reply to one frame; every refusal is an error reply, never an exception."""
@@ -290,24 +444,25 @@ class PolicyServer:
                 "ProtocolError", "expected a binary frame (msgpack), got a text frame"
             ).reply()
         try:
-            msg = unpackb(message)
-        except WireError as exc:
-            return RequestError("DecodeError", str(exc)).reply()
-        try:
-            if isinstance(msg, Mapping) and CTRL_KEY in msg:
-                return await self._control(msg, env_id)
-            req = parse_request(
-                msg, env_id, self.policy.input_features, self.policy.action_shape, arrived
-            )
+            if len(message) > OFFLOAD_BYTES and self._decoder is not None:
+                parsed = await asyncio.get_running_loop().run_in_executor(
+                    self._decoder, self._parse, message, env_id, arrived
+                )
+            else:
+                parsed = self._parse(message, env_id, arrived)
+            if not isinstance(parsed, InferRequest):
+                return await self._control(*parsed, env_id)
         except RequestError as exc:
             return exc.reply()
         except Exception as exc:  # e.g. a failing policy.reset: this client's error only
             log.exception("request of env %s failed", env_id)
             return RequestError("ServerError", f"{type(exc).__name__}: {exc}").reply()
         assert self._batcher is not None
-        return await self._batcher.submit(req)
+        return await self._batcher.submit(parsed)
 
-    async def _control(self, msg: Mapping[str, Any], env_id: int) -> Reply:
+    async def _control(
+        self, msg: Mapping[str, Any], obs: dict[str, np.ndarray] | None, env_id: int
+    ) -> Reply:
         name = msg[CTRL_KEY]
         if name in ("episode_start", "episode_end"):
             await self._on_worker(lambda: self.policy.reset([env_id]))
@@ -319,7 +474,7 @@ class PolicyServer:
                 )
             await self._on_worker(lambda: self.policy.set_env_seeds({env_id: seed}))
         elif name == "observe":
-            obs = parse_observation(msg, self.policy.input_features)
+            assert obs is not None  # parsed with the frame
             if self._observes:
                 row = {k: np.array(v)[None] for k, v in obs.items()}  # own, writable copies
                 await self._on_worker(lambda: self.policy.observe(row, env_ids=[env_id]))
@@ -336,23 +491,52 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``envactor serve CKPT``."""
     parser.add_argument("ckpt", help="checkpoint directory, policy YAML or registered policy name")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=number(int, ge=0, le=65535), default=8000)
     parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
-        help=f"require 'Authorization: Api-Key <key>' (default: ${API_KEY_ENV} if set)",
+        help="require 'Authorization: Api-Key <key>'; several keys comma-separated (one per "
+        f"user or fleet; each has its own connection limit) (default: ${API_KEY_ENV} if set)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-batch", type=int, default=16, help="1 disables batching")
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--max-batch", type=number(int, ge=1), default=16, help="1 disables batching"
+    )
+    parser.add_argument("--batch-timeout-ms", type=number(float, ge=0), default=2.0)
     parser.add_argument(
         "--max-message-mb",
-        type=float,
+        type=number(float, gt=0),
         default=DEFAULT_MAX_SIZE / 2**20,
         help="largest accepted frame in MiB (default 64; three raw 1080p cameras are 17.8)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=number(int, ge=1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"most open connections (default {DEFAULT_MAX_CONNECTIONS}; beyond: HTTP 503)",
+    )
+    parser.add_argument(
+        "--max-connections-per-key",
+        type=number(int, ge=1),
+        default=None,
+        help="most open connections per API key (default: a quarter of --max-connections, so one "
+        "key cannot take every slot; beyond: HTTP 429)",
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=number(float, ge=0),
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        help=f"close a connection that sends no frame for this long (default "
+        f"{DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
+    )
     parser.add_argument("--override", "-o", action="append", default=[], help="dotted key=value")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward pass")
+
+
+def api_keys(value: str | None) -> list[str] | None:
+    """``--api-key`` (comma-separated keys) -> the list of keys (None: no key)."""
+    keys = [k.strip() for k in (value or "").split(",") if k.strip()]
+    return keys or None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -366,10 +550,13 @@ def run_serve(args: argparse.Namespace) -> int:
         policy,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or None,
+        api_key=api_keys(args.api_key),
         max_batch=args.max_batch,
         batch_timeout_ms=args.batch_timeout_ms,
         max_size=int(args.max_message_mb * 2**20),
+        max_connections=args.max_connections,
+        max_connections_per_key=args.max_connections_per_key,
+        idle_timeout_s=args.idle_timeout_s,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(
