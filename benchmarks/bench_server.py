@@ -1,5 +1,16 @@
-"""Policy server: per-request latency for one client, and throughput of 8 concurrent clients with
-cross-client batching on vs off (``max_batch=1``).
+"""Policy server: per-call overhead next to an openpi-style server, per-request latency for one
+client, and throughput of 8 concurrent clients with cross-client batching on vs off.
+
+Overhead (``--overhead``, on by default): the same official openpi client
+(``openpi_client.websocket_client_policy.WebsocketClientPolicy``) calls, interleaved, (a)
+envactor's ``PolicyServer`` serving a policy whose chunk is a constant and (b) a minimal
+reference server equivalent to openpi's ``WebsocketPolicyServer`` (``_openpi_reference.py``:
+written from its behaviour, not openpi's code) whose policy returns a constant. Overhead per call
+= round trip minus the ``infer_ms`` each server reports for its policy (envactor's includes the
+policy's (un)normalization and tensor conversions); median and p90 of each, and their ratio.
+Goal: envactor's overhead at or below the reference's.
+
+Batching gain: requests/s of the ``flow`` policy with batching on, 8 clients vs 1 (goal >= 2.5x).
 
 The server runs in its own process (spawned, as ``envactor serve`` would). Latency is measured
 with the synchronous ``PolicyClient``; throughput with clients that are coroutines of this
@@ -11,12 +22,15 @@ a forward pass that costs more than the transport, where batching should pay mos
 Target: batching on / off throughput >= 2x with 8 clients on the flow policy.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_server.py [--policy mlp flow] [--seconds 3]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_server.py --policy  # overhead + gain only
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import threading
 import time
@@ -25,11 +39,34 @@ from typing import Any
 import numpy as np
 
 STATE = "observation.state"
+HORIZON, ACTION_DIM = 50, 14  # a pi0-sized chunk for the overhead comparison
+REFERENCE = "reference"
+
+
+def _constant_policy() -> Any:
+    """An envactor policy whose chunk is zeros (HORIZON, ACTION_DIM), identity normalization."""
+    import torch
+
+    from envactor.normalize import Normalizer
+    from envactor.policy.base import Policy
+
+    class Constant(Policy):
+        trainable = False
+
+        def _chunk(self, obs: dict[str, torch.Tensor], env_ids: Any) -> torch.Tensor:
+            return torch.zeros(obs[STATE].shape[0], HORIZON, ACTION_DIM)
+
+    modes = {STATE: "identity", "action": "identity"}
+    return Constant({}, Normalizer(modes, {}), input_features={STATE: {"shape": [14],
+                    "norm": "identity"}}, action_dim=ACTION_DIM, action_norm="identity",
+                    horizon=HORIZON, n_action_steps=HORIZON)  # fmt: skip
 
 
 def _build(name: str, device: str) -> Any:
     from _common import pendulum_policy
 
+    if name == "const":
+        return _constant_policy()
     return pendulum_policy("mlp_chunk" if name == "mlp" else "flow", device=device)
 
 
@@ -39,6 +76,12 @@ def _serve(name: str, device: str, max_batch: int, timeout_ms: float, port_q: An
     from envactor.runtime.serving.server import PolicyServer
 
     torch.set_num_threads(1)
+    if name == REFERENCE:
+        from _openpi_reference import ConstantPolicy, serve_reference
+
+        meta = {"policy": "constant", "action_shape": [HORIZON, ACTION_DIM]}
+        asyncio.run(serve_reference(ConstantPolicy(HORIZON, ACTION_DIM), meta, port_q.put))
+        return
     policy = _build(name, device)
     policy.warmup(8)
     server = PolicyServer(policy, port=0, max_batch=max_batch, batch_timeout_ms=timeout_ms)
@@ -81,6 +124,66 @@ def latency_ms(port: int, n: int) -> list[float]:
             if i >= 20:
                 out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def openpi_overhead_ms(port: int, n: int) -> list[float]:
+    """Round trip minus the server's reported ``infer_ms`` of ``n`` sequential calls of the
+    official openpi client (after 20 warm-up calls)."""
+    import warnings
+
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():  # openpi's client opens its socket outside a `with`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = WebsocketClientPolicy(host="127.0.0.1", port=port)
+    out = []
+    try:
+        for i in range(n + 20):
+            obs = {STATE: rng.normal(size=14).astype(np.float32)}
+            t0 = time.perf_counter()
+            reply = client.infer(obs)
+            rtt = (time.perf_counter() - t0) * 1e3
+            if i >= 20:
+                out.append(rtt - float(reply["server_timing"]["infer_ms"]))
+    finally:
+        client._ws.close()  # openpi's client has no close()
+    return out
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """Print envactor's and the reference server's per-call overhead and their ratio."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):  # fmt: skip
+        os.environ.pop(name, None)  # loopback must not go through a proxy
+    runs: dict[str, list[float]] = {"envactor": [], REFERENCE: []}
+    with (
+        Served("const", "cpu", 16, args.batch_timeout_ms) as port_env,
+        Served(REFERENCE, "cpu", 1, 0.0) as port_ref,
+    ):
+        for _ in range(args.repeats):  # interleaved, so load changes hit both alike
+            runs["envactor"] += openpi_overhead_ms(port_env, args.requests)
+            runs[REFERENCE] += openpi_overhead_ms(port_ref, args.requests)
+    stats = {k: (statistics.median(v), statistics.quantiles(v, n=10)[8]) for k, v in runs.items()}
+    for k, (p50, p90) in stats.items():
+        print(f"overhead {k:9s}: median {p50:.3f} ms  p90 {p90:.3f} ms  (openpi client, "
+              f"{len(runs[k])} calls, round trip - infer_ms)")  # fmt: skip
+    e, r = stats["envactor"], stats[REFERENCE]
+    print(f"overhead ratio envactor/reference: median {e[0] / r[0]:.2f}x  p90 {e[1] / r[1]:.2f}x "
+          f"(goal <= 1.00x)")  # fmt: skip
+
+
+def batching_gain(args: argparse.Namespace) -> None:
+    """Print the flow policy's throughput with batching on at 1 vs ``--clients`` clients."""
+    one, many, batch = 0.0, 0.0, 0.0
+    with Served("flow", args.device, 16, args.batch_timeout_ms) as port:
+        for _ in range(args.repeats):
+            one = max(one, throughput(port, 1, args.seconds)[0])
+            rate, mean_batch = throughput(port, args.clients, args.seconds)
+            if rate > many:
+                many, batch = rate, mean_batch
+    print(f"batching flow: 1 client {one:6.0f} req/s  {args.clients} clients {many:6.0f} req/s "
+          f"(mean batch {batch:.1f})  gain {many / one:.2f}x (goal >= 2.5x)")  # fmt: skip
 
 
 def throughput(port: int, clients: int, seconds: float) -> tuple[float, float]:
@@ -126,7 +229,13 @@ def throughput(port: int, clients: int, seconds: float) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--policy", nargs="+", default=["mlp", "flow"], choices=["mlp", "flow"])
+    ap.add_argument("--policy", nargs="*", default=["mlp", "flow"], choices=["mlp", "flow"])
+    ap.add_argument(
+        "--no-overhead",
+        dest="overhead",
+        action="store_false",
+        help="skip the openpi-client overhead comparison and the batching gain",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=300, help="latency samples per repeat")
@@ -134,6 +243,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved on/off rounds (best)")
     ap.add_argument("--batch-timeout-ms", type=float, default=2.0)
     args = ap.parse_args()
+
+    if args.overhead:
+        overhead(args)
+        batching_gain(args)
 
     for name in args.policy:
         # both servers up at once; measurements interleaved so load changes hit both alike

@@ -1,7 +1,9 @@
 """Batching across clients: requests that arrive within a short window run as ONE forward pass.
 
 The batcher lives on the server's event loop; the forward passes run on one worker thread, so
-the loop keeps accepting frames (and filling the next batch) while the policy computes. Plain
+the loop keeps accepting frames (and filling the next batch) while the policy computes. A lone
+request (no other connection open) skips the batching window, and runs on the loop itself when
+the worker thread is idle and the policy's last pass took at most ``INLINE_MAX_S``. Plain
 requests are grouped together and guided requests with the same executor and settings together
 (their per-robot remainders, d and s may differ: one GuidanceRequest holds them all); a group
 runs through that executor's policy call, the one the vector actor and the real-time controller
@@ -13,11 +15,13 @@ limit) is answered with an ``InferenceError``, never with the actions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,32 @@ from envactor.runtime.serving.requests import InferRequest, RequestError
 log = logging.getLogger("envactor.server")
 
 Reply = dict[str, Any]
+INLINE_MAX_S = 0.5e-3
+"""A lone request runs on the event loop itself when the last forward pass took at most this
+long (0.5 ms; the hand-off to the worker thread and back costs about 0.1 ms), so a cheap
+policy's reply does not pay for the thread hop, and the loop is never held longer than that."""
+
+
+def _deliver(
+    fut: asyncio.Future[Reply], work: Future[list[Reply]], done: Callable[[], None]
+) -> None:
+    """Event loop: hand the one reply of a direct forward pass to its waiting request."""
+    done()
+    if fut.done():
+        return
+    exc = work.exception() if not work.cancelled() else asyncio.CancelledError()
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(work.result()[0])
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Reply], work: Any, done: Callable[[], None]
+) -> None:
+    """Worker thread: schedule ``_deliver`` on the loop (gone once the server has stopped)."""
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+        loop.call_soon_threadsafe(_deliver, fut, work, done)
 
 
 class Batcher:
@@ -69,6 +99,8 @@ class Batcher:
         self._pending: deque[tuple[InferRequest, asyncio.Future[Reply]]] = deque()
         self._wakeup = asyncio.Event()
         self._executors: dict[str, ChunkExecutor] = {}
+        self._jobs = 0  # worker-thread jobs submitted and not yet finished (event loop only)
+        self.last_forward_s = float("inf")  # duration of the last forward pass (unknown yet)
 
     @property
     def executors(self) -> dict[str, ChunkExecutor]:
@@ -77,11 +109,40 @@ class Batcher:
         return self._executors
 
     def submit(self, req: InferRequest) -> asyncio.Future[Reply]:
-        """Queue ``req``; the future resolves to its reply (actions or an error)."""
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending.append((req, fut))
-        self._wakeup.set()
+        """Queue ``req``; the future resolves to its reply (actions or an error).
+
+        A request that could not get company (nothing else waiting and at most one open
+        connection, or ``max_batch`` 1) skips the batching loop. It runs right here on the
+        event loop when the worker thread is idle and the last forward pass took at most
+        ``INLINE_MAX_S`` (a cheap policy: the thread hand-off would cost more than the pass),
+        else it goes straight to the worker thread."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
+        if self._pending or not (
+            self.max_batch == 1 or (self.capacity is not None and self.capacity() <= 1)
+        ):
+            self._pending.append((req, fut))
+            self._wakeup.set()
+            return fut
+        if self._jobs == 0 and self.last_forward_s <= INLINE_MAX_S:
+            fut.set_result(self.forward([req])[0])  # nothing else uses the policy meanwhile
+            return fut
+        self._jobs += 1
+        work = self.executor.submit(self.forward, [req])
+        work.add_done_callback(lambda w: _on_loop(loop, fut, w, self._job_done))
         return fut
+
+    def _job_done(self) -> None:
+        self._jobs -= 1
+
+    async def on_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker thread (every use of the policy goes through here or
+        ``forward``), counted so that an inline forward pass never overlaps it."""
+        self._jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        finally:
+            self._jobs -= 1
 
     def _full(self) -> bool:
         n = len(self._pending)
@@ -91,7 +152,6 @@ class Batcher:
 
     async def run(self) -> None:
         """The batching loop (runs until cancelled)."""
-        loop = asyncio.get_running_loop()
         while True:
             while not self._pending:
                 self._wakeup.clear()
@@ -112,7 +172,7 @@ class Batcher:
                 groups.setdefault(item[0].group, []).append(item)
             for items in groups.values():
                 reqs = [r for r, _ in items]
-                replies = await loop.run_in_executor(self.executor, self.forward, reqs)
+                replies = await self.on_worker(functools.partial(self.forward, reqs))
                 for (_, fut), reply in zip(items, replies):
                     if not fut.done():
                         fut.set_result(reply)
@@ -131,6 +191,7 @@ class Batcher:
             kind = "ObservationError" if isinstance(exc, ObservationError) else "InferenceError"
             return [RequestError(kind, f"{type(exc).__name__}: {exc}").reply()]
         infer_ms = (time.perf_counter() - start) * 1e3
+        self.last_forward_s = infer_ms / 1e3
         self.forward_passes += 1
         self.requests += len(reqs)
         version = int(self.policy.weight_version)

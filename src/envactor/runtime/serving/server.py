@@ -415,8 +415,8 @@ class PolicyServer:
                 log.exception("releasing env %s failed after its connection closed", env_id)
 
     async def _on_worker(self, fn: Callable[[], Any]) -> Any:
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        assert self._batcher is not None  # counts the job: no inline forward pass overlaps it
+        return await self._batcher.on_worker(fn)
 
     def _parse(
         self, message: bytes, env_id: int, arrived: float
