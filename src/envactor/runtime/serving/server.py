@@ -35,11 +35,12 @@ import errno
 import hmac
 import itertools
 import logging
+import math
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -361,20 +362,25 @@ class PolicyServer:
             return connection.respond(refused[0], refused[1] + "\n")
         return None
 
-    async def _frames(self, conn: ServerConnection, env_id: int) -> AsyncIterator[str | bytes]:
-        """The frames of ``conn``; closes it (code 1008) after ``idle_timeout_s`` without one."""
+    async def _watch_idle(self, conn: ServerConnection, env_id: int, idle: list[float]) -> None:
+        """Close ``conn`` (code 1008) once it has waited ``idle_timeout_s`` for a frame.
+
+        ``idle[0]`` is the loop time its handler began waiting for the next frame (``inf``
+        while a frame is being answered): one timer per connection, not one per frame.
+        """
         timeout = self.idle_timeout_s
+        assert timeout is not None
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    message = await conn.recv()
-            except TimeoutError:
-                log.info("closing idle connection of env %s after %s s", env_id, timeout)
-                await conn.close(
-                    IDLE_CLOSE_CODE, f"idle for {timeout:g} s without a frame (--idle-timeout-s)"
-                )
-                return
-            yield message
+            left = idle[0] + timeout - loop.time()
+            if left > 0:
+                await asyncio.sleep(min(left, timeout))
+                continue
+            log.info("closing idle connection of env %s after %s s", env_id, timeout)
+            await conn.close(
+                IDLE_CLOSE_CODE, f"idle for {timeout:g} s without a frame (--idle-timeout-s)"
+            )
+            return
 
     async def _handler(self, conn: ServerConnection) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -390,11 +396,19 @@ class PolicyServer:
         if key is not None:
             self._per_key[key] = self._per_key.get(key, 0) + 1
         typed = request is not None and request.headers.get(CLIENT_HEADER, "") == PROTOCOL
+        clock = asyncio.get_running_loop().time
+        idle = [math.inf]  # when it began waiting for a frame (see _watch_idle)
+        watchdog: asyncio.Task[None] | None = None
         try:
             meta = policy_metadata(self.policy)
             meta.update(env_id=env_id, max_batch=self.max_batch)
             await conn.send(packb(meta))
-            async for message in self._frames(conn, env_id):
+            if self.idle_timeout_s is not None:
+                watchdog = asyncio.create_task(self._watch_idle(conn, env_id, idle))
+            while True:
+                idle[0] = clock()
+                message = await conn.recv()
+                idle[0] = math.inf  # answering does not count as idle
                 reply = await self._reply(message, env_id)
                 error = reply.get("error")
                 if typed or not isinstance(error, Mapping):
@@ -404,6 +418,8 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._open -= 1
             if key is not None:
                 left = self._per_key.pop(key) - 1
