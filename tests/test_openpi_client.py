@@ -10,25 +10,23 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from serving_util import S, serving, state
 from websockets.exceptions import InvalidStatus
 
 from envactor import build_policy
 from envactor.normalize import Normalizer
 from envactor.policy.base import Policy
 from envactor.policy.policies.pid import PIDPolicy
-from envactor.runtime.serving.server import DEFAULT_MAX_SIZE, PolicyServer
+from envactor.runtime.serving.server import DEFAULT_MAX_SIZE
 
 pytest.importorskip("openpi_client")
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-S = "observation.state"
 CAMS = [f"observation.images.cam{i}" for i in range(3)]
 FULL_HD = (1080, 1920, 3)
 pytestmark = pytest.mark.filterwarnings(  # openpi's client keeps connect()'s socket outside `with`
@@ -80,19 +78,6 @@ def integrator(**features: dict[str, Any]) -> PIDPolicy:
     """action = running sum of (0 - state[0]) per connection; extra features are ignored."""
     return PIDPolicy(input_features={S: {"shape": [3], "norm": "identity"}, **features},
                      action_dim=1, kp=0.0, ki=1.0, dt=1.0, horizon=4)  # fmt: skip
-
-
-@contextmanager
-def serving(policy: Policy, **kwargs: Any) -> Iterator[PolicyServer]:
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def state(x: float) -> np.ndarray:
-    return np.array([x, 0.5 - x, 1.0], dtype=np.float32)
 
 
 def close(client: WebsocketClientPolicy) -> None:

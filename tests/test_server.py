@@ -6,8 +6,7 @@ import argparse
 import http.client
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from serving_util import STATS, S, mlp_policy, serving, state
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -26,6 +26,7 @@ from envactor.normalize import Normalizer
 from envactor.policy.base import Policy
 from envactor.policy.policies.pid import PIDPolicy
 from envactor.runtime.actor import VectorActor
+from envactor.runtime.serving.cli import add_serve_args, run_serve
 from envactor.runtime.serving.client import (
     AuthenticationError,
     PolicyClient,
@@ -37,21 +38,8 @@ from envactor.runtime.serving.server import (
     CLIENT_HEADER,
     PROTOCOL,
     PolicyServer,
-    add_serve_args,
-    run_serve,
 )
 from envactor.runtime.serving.wire import packb, unpackb
-
-S = "observation.state"
-STATS = {S: {"mean": np.zeros(3), "std": np.ones(3)},
-         "action": {"min": np.array([-2.0]), "max": np.array([2.0])}}  # fmt: skip
-
-
-def mlp_policy(*overrides: str) -> Policy:
-    torch.manual_seed(0)
-    p = build_policy("mlp_chunk", overrides=list(overrides))
-    p.normalizer = Normalizer({S: "mean_std", "action": "min_max"}, STATS)
-    return p
 
 
 def flow_policy() -> Policy:
@@ -62,19 +50,6 @@ def flow_policy() -> Policy:
 
 
 ENVACTOR = {CLIENT_HEADER: PROTOCOL}
-
-
-@contextmanager
-def serving(policy: Policy, **kwargs: Any) -> Iterator[PolicyServer]:
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def state(x: float) -> np.ndarray:
-    return np.array([x, 0.5 - x, 1.0], dtype=np.float32)
 
 
 def local(policy: Policy, st: np.ndarray) -> np.ndarray:

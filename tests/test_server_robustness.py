@@ -8,20 +8,17 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
-import torch
+from serving_util import S, mlp_policy, serving
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from envactor import build_policy
-from envactor.normalize import Normalizer
-from envactor.policy.base import Policy
+from envactor.runtime.serving.cli import add_serve_args, api_keys
 from envactor.runtime.serving.client import PolicyClient, ServerUnavailableError, _version_kwargs
 from envactor.runtime.serving.requests import decode_frame
 from envactor.runtime.serving.server import (
@@ -30,32 +27,9 @@ from envactor.runtime.serving.server import (
     OFFLOAD_BYTES,
     PROTOCOL,
     PolicyServer,
-    add_serve_args,
-    api_keys,
     default_per_key,
 )
 from envactor.runtime.serving.wire import WireError, packb, unpackb
-
-S = "observation.state"
-STATS = {S: {"mean": np.zeros(3), "std": np.ones(3)},
-         "action": {"min": np.array([-2.0]), "max": np.array([2.0])}}  # fmt: skip
-
-
-def mlp_policy(*overrides: str) -> Policy:
-    torch.manual_seed(0)
-    p = build_policy("mlp_chunk", overrides=list(overrides))
-    p.normalizer = Normalizer({S: "mean_std", "action": "min_max"}, STATS)
-    return p
-
-
-@contextmanager
-def serving(policy: Policy, **kwargs: Any) -> Iterator[PolicyServer]:
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 ENVACTOR = {CLIENT_HEADER: PROTOCOL}
 

@@ -371,14 +371,14 @@ def _online_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- serve / run
 def run_serve(args: argparse.Namespace) -> int:
     """Serve a policy over WebSocket (openpi wire format)."""
-    from envactor.runtime.serving.server import run_serve as _run
+    from envactor.runtime.serving.cli import run_serve as _run
 
     return _run(args)
 
 
 @command("serve", "serve a policy over WebSocket (openpi wire format)")
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    from envactor.runtime.serving.server import add_serve_args
+    from envactor.runtime.serving.cli import add_serve_args
 
     add_serve_args(p)
 
