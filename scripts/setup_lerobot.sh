@@ -43,5 +43,5 @@ $VENV/bin/pip install --quiet --no-deps $DEPS
 # shellcheck disable=SC2086
 $VENV/bin/pip install --quiet $PINNED
 $VENV/bin/pip install --quiet --no-deps $NODEPS
-$VENV/bin/pip install --quiet -e ".[data,serve,dev]"
+$VENV/bin/pip install --quiet -e ".[data,serve,plot,dev]"
 echo "$want" > "$stamp"

@@ -538,7 +538,7 @@ def test_cli_run_writes_json(tmp_path: Path, mlp_ckpt: Path, no_leaks: None) -> 
         ("--hz", "nan", "expected a finite number > 0, got 'nan'"),
         ("--seconds", "inf", "expected a finite number > 0, got 'inf'"),
         ("--delay-buffer", "0", "expected an integer >= 1, got '0'"),
-        ("--max-delta", "-0.5", "expected a finite number > 0, got '-0.5'"),
+        ("--max-delta", "-0.5", "expected a finite number > 0, 'auto' or 'off', got '-0.5'"),
         ("--max-held-fraction", "1.5", "expected a finite number >= 0 and <= 1 or 'off'"),
         ("--max-missed-chunks", "-1", "expected an integer >= 0 or 'off', got '-1'"),
     ],

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from envactor.data.format import DTYPES, DatasetError, Feature, read_json, require_pyarrow
+from envactor.data.format import (
+    DTYPES,
+    DatasetError,
+    Feature,
+    entry_names,
+    read_json,
+    require_pyarrow,
+)
 
 __all__ = ["LEROBOT_VERSIONS", "EpisodeLocation", "LeRobotMeta", "tasks_table"]
 
@@ -99,7 +106,7 @@ class LeRobotMeta:
             elif dtype in DTYPES:
                 if shape == [1]:
                     scalar.add(key)  # LeRobot declares scalars as shape [1]; see the reader
-                features[key] = Feature(tuple(shape), dtype)
+                features[key] = Feature(tuple(shape), dtype, entry_names(spec, shape))
             # other dtypes (string, ...) are metadata for LeRobot's loader, not arrays
         return features, visual, scalar
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from envactor.data.columns import checked_frames, checked_values, is_camera, stored, to_arrow
+from envactor.data.episode_stream import EpisodeStream
 from envactor.data.format import (
     CODEBASE_VERSION,
     DatasetError,
@@ -40,9 +42,8 @@ from envactor.data.lerobot_format import tasks_table
 from envactor.data.stats_json import EpisodeStats
 from envactor.data.video import DEFAULT_CODEC, VideoEncoder
 from envactor.fsio import clean_stale_temps, fsync_path, make_temp_dir, write_text
-from envactor.values import dim_label, first_bad_value
 
-__all__ = ["LeRobotWriter"]
+__all__ = ["EpisodeStream", "LeRobotWriter"]
 
 CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -54,21 +55,6 @@ INDEX_FEATURES = {
     "index": Feature((), "int64"),
     "task_index": Feature((), "int64"),
 }
-
-
-def is_camera(key: str, spec: Any) -> bool:
-    """Whether feature ``key`` is stored as video: dtype ``video``/``image``, or ``uint8``
-    ``(H, W, 3)`` named ``observation.image`` or ``observation.images.<camera>``."""
-    dtype = spec.get("dtype") if isinstance(spec, Mapping) else getattr(spec, "dtype", None)
-    shape = spec.get("shape") if isinstance(spec, Mapping) else getattr(spec, "shape", None)
-    if dtype in ("video", "image"):
-        return True
-    return (
-        (key == "observation.image" or key.startswith("observation.images."))
-        and str(dtype) == "uint8"
-        and len(tuple(shape or ())) == 3
-        and tuple(shape or ())[-1] == 3
-    )
 
 
 def _file_location(n: int) -> tuple[int, int]:
@@ -139,11 +125,12 @@ class LeRobotWriter:
         self._data = _Rolling(data_file_mb)
         self._parquet: Any = None
         self._schema = pa.schema(
-            [(k, _stored(f).arrow_type()) for k, f in {**self.features, **INDEX_FEATURES}.items()]
+            [(k, stored(f).arrow_type()) for k, f in {**self.features, **INDEX_FEATURES}.items()]
         )
         self._video = {k: _Rolling(video_file_mb) for k in self.cameras}
         self._encoders: dict[str, VideoEncoder] = {}
         self._stats = EpisodeStats()
+        self._stream: EpisodeStream | None = None
 
     def _check_target(self) -> None:
         if self.root.exists() and not self.overwrite:
@@ -152,11 +139,10 @@ class LeRobotWriter:
     # ---------------------------------------------------------------- episodes
     def add_episode(self, episode: Mapping[str, Any], *, task: str | None = None) -> int:
         """Write one episode ``{key: (T, ...) array}``; returns its episode index."""
-        if self._tmp is None:
-            raise DatasetError(f"{self.root}: writer is closed")
+        self._require_open()
         index = len(self.episodes)
         where = f"episode {index}"
-        declared = {**self.features, **self.cameras}
+        declared = self.declared()
         unknown = sorted(set(episode) - set(declared))
         missing = sorted(set(declared) - set(episode))
         if unknown or missing:
@@ -172,6 +158,30 @@ class LeRobotWriter:
             raise DatasetError(
                 f"{where}: every key needs the same number T > 0 of frames: {lengths}"
             )
+        spans = {}
+        for key in self.cameras:
+            start = self._camera_begin(key)
+            self._camera_add(key, arrays[key])
+            spans[key] = self._camera_span(key, start)
+        return self._commit(arrays, n, task, spans)
+
+    def declared(self) -> dict[str, Feature]:
+        """Every feature an episode gives, numeric columns and cameras."""
+        return {**self.features, **self.cameras}
+
+    def _require_open(self) -> None:
+        if self._tmp is None:
+            raise DatasetError(f"{self.root}: writer is closed")
+        if self.streaming:
+            raise DatasetError(f"{self.root}: an episode stream is open; close it first")
+
+    def _commit(
+        self, arrays: dict[str, np.ndarray], n: int, task: str | None,
+        spans: Mapping[str, dict[str, Any]],
+    ) -> int:  # fmt: skip
+        """Write the rows of one episode of ``n`` frames whose camera frames are in place
+        (``spans``: each camera's file and timestamps); returns its index."""
+        index = len(self.episodes)
         text = self.task if task is None else task
         task_index = self.tasks.setdefault(text, len(self.tasks))
         frame = np.arange(n, dtype=np.int64)
@@ -180,7 +190,7 @@ class LeRobotWriter:
         arrays["episode_index"] = np.full(n, index, dtype=np.int64)
         arrays["index"] = frame + self.num_frames
         arrays["task_index"] = np.full(n, task_index, dtype=np.int64)
-        self._stats.update(arrays, self.cameras)
+        self._stats.update({k: v for k, v in arrays.items() if k not in self.cameras}, {})
         meta: dict[str, Any] = {
             "episode_index": index,
             "tasks": [text],
@@ -190,38 +200,31 @@ class LeRobotWriter:
         }
         meta.update(self._write_rows(arrays))
         for key in self.cameras:
-            meta.update(self._write_frames(key, arrays[key]))
+            meta.update(spans[key])
         meta["meta/episodes/chunk_index"], meta["meta/episodes/file_index"] = 0, 0
         self.episodes.append(meta)
         self.num_frames += n
         return index
 
+    def stream_episode(self, *, task: str | None = None) -> EpisodeStream:
+        """An episode written frame by frame (cameras are encoded as the frames come, the
+        numeric columns kept until :meth:`EpisodeStream.close`): for recording a run whose
+        length is not known in advance without holding its video in memory."""
+        self._require_open()
+        self._stream = EpisodeStream(self, task)
+        return self._stream
+
+    @property
+    def streaming(self) -> bool:
+        """True while an :meth:`stream_episode` stream is open."""
+        return self._stream is not None
+
     def _checked(self, where: str, key: str, arr: np.ndarray, feat: Feature) -> np.ndarray:
-        if arr.ndim != 1 + len(feat.shape) or tuple(arr.shape[1:]) != feat.shape:
-            raise DatasetError(
-                f"{where}: {key!r} expected shape (T, {', '.join(map(str, feat.shape))}), "
-                f"got {arr.shape}"
-            )
-        want = np.dtype(feat.dtype)
-        if not np.can_cast(arr.dtype, want, casting="same_kind"):
-            raise DatasetError(f"{where}: {key!r} expected dtype {want}, got {arr.dtype}")
+        """``arr`` as column ``key`` stores it; an error naming the frame and key if it is not
+        of the feature's shape and dtype or holds a value the column cannot."""
         if key in self.cameras:
-            return arr.astype(want, copy=False)
-        bad = first_bad_value(arr, allow_nan=key in self.nan_ok)
-        if bad is not None:
-            raise DatasetError(
-                f"{self.root}: {where}, frame {bad.row}: key {key!r}{bad.dim}: {bad.expected()}"
-            )
-        with np.errstate(over="ignore"):
-            out = arr.astype(want, copy=False)
-        if want == np.float16 and np.isinf(out).any():
-            pos = np.unravel_index(int(np.argmax(np.isinf(out))), out.shape)
-            raise DatasetError(
-                f"{self.root}: {where}, frame {pos[0]}: key {key!r}"
-                f"{dim_label(tuple(int(i) for i in pos[1:]))}: expected |x| <= 65504 for a "
-                f"float16 column, found {float(arr[pos])!r}"
-            )
-        return out
+            return checked_frames(where, key, arr, feat)
+        return checked_values(self.root, where, key, arr, feat, allow_nan=key in self.nan_ok)
 
     def _write_rows(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
         pa = require_pyarrow()
@@ -237,12 +240,14 @@ class LeRobotWriter:
                 self._data.path, self._schema, write_page_checksum=True
             )
         feats = {**self.features, **INDEX_FEATURES}
-        columns = [_to_arrow(arrays[k], _stored(feats[k])) for k in feats]
+        columns = [to_arrow(arrays[k], stored(feats[k])) for k in feats]
         self._parquet.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         chunk, file = self._data.location()
         return {"data/chunk_index": chunk, "data/file_index": file}
 
-    def _write_frames(self, key: str, frames: np.ndarray) -> dict[str, Any]:
+    def _camera_begin(self, key: str) -> float:
+        """Make sure camera ``key`` has a file with room (an episode never spans two files);
+        the timestamp in it where the next frame goes."""
         assert self._tmp is not None
         roll = self._video[key]
         if key not in self._encoders or roll.full():
@@ -255,16 +260,23 @@ class LeRobotWriter:
             )
             h, w, _ = self.cameras[key].shape
             self._encoders[key] = VideoEncoder(roll.path, self.fps, h, w, codec=self.codec)
-        enc = self._encoders[key]
-        start = enc.num_frames / self.fps
-        enc.add(frames)
-        chunk, file = roll.location()
+        return self._encoders[key].num_frames / self.fps
+
+    def _camera_add(self, key: str, frames: np.ndarray) -> None:
+        """Encode ``frames`` ``(T, H, W, 3)`` into camera ``key``'s file; count them in its
+        stats."""
+        self._encoders[key].add(frames)
+        self._stats.update({key: frames}, self.cameras)
+
+    def _camera_span(self, key: str, start: float) -> dict[str, Any]:
+        """The episode metadata of camera ``key``'s frames from ``start`` to now."""
+        chunk, file = self._video[key].location()
         prefix = f"videos/{key}/"
         return {
             prefix + "chunk_index": chunk,
             prefix + "file_index": file,
             prefix + "from_timestamp": start,
-            prefix + "to_timestamp": enc.num_frames / self.fps,
+            prefix + "to_timestamp": self._encoders[key].num_frames / self.fps,
         }
 
     # ---------------------------------------------------------------- metadata
@@ -272,7 +284,8 @@ class LeRobotWriter:
         """``meta/info.json`` for the episodes written so far."""
         feats: dict[str, Any] = {}
         for key, f in self.features.items():
-            feats[key] = {"dtype": f.dtype, "shape": list(f.shape) or [1], "names": None}
+            names = list(f.names) if f.names is not None else None
+            feats[key] = {"dtype": f.dtype, "shape": list(f.shape) or [1], "names": names}
         for key, f in self.cameras.items():
             h, w, c = f.shape
             feats[key] = {
@@ -321,6 +334,8 @@ class LeRobotWriter:
             raise DatasetError(f"{self.root}: writer is already closed")
         tmp = self._tmp
         try:
+            if self._stream is not None:
+                self._stream.close()
             if not self.episodes:
                 raise DatasetError(f"{self.root}: no episodes were added")
             if self._parquet is not None:
@@ -361,6 +376,7 @@ class LeRobotWriter:
 
     def abort(self) -> None:
         """Discard everything written; ``root`` is left untouched."""
+        self._stream = None
         if self._parquet is not None:
             with contextlib.suppress(Exception):  # the files are deleted anyway
                 self._parquet.close()
@@ -386,16 +402,3 @@ class LeRobotWriter:
             self.abort()
         elif self._tmp is not None:
             self.close()
-
-
-def _stored(feature: Feature) -> Feature:
-    """How a column is stored: shape ``()`` and ``(1,)`` as plain scalars (LeRobot's layout)."""
-    return Feature((), feature.dtype) if feature.shape in ((), (1,)) else feature
-
-
-def _to_arrow(values: np.ndarray, feature: Feature) -> Any:
-    pa = require_pyarrow()
-    arr = pa.array(np.ascontiguousarray(values).reshape(-1))
-    for n in reversed(feature.shape):
-        arr = pa.FixedSizeListArray.from_arrays(arr, n)
-    return arr

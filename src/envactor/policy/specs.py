@@ -97,14 +97,29 @@ class StrictNumbers(BaseModel):
         return value
 
 
+def _check_names(names: tuple[str, ...] | None, size: int, what: str) -> None:
+    if names is None:
+        return
+    if len(names) != size:
+        raise ValueError(f"{what}: expected {size} names (one per entry), got {len(names)}")
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"{what}: expected distinct non-empty names, got {list(names)}")
+
+
 class FeatureSpec(StrictNumbers):
-    """One observation feature: its shape without the batch dim, dtype and normalization mode."""
+    """One observation feature: its shape without the batch dim, dtype and normalization mode.
+
+    ``names`` optionally names the entries of a 1-D feature in order (the dataset's names,
+    e.g. the motors of ``observation.state``); a robot that gives the feature is checked
+    against them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     norm: NormName = "mean_std"
+    names: tuple[str, ...] | None = None
 
     @field_validator("shape")
     @classmethod
@@ -124,6 +139,10 @@ class FeatureSpec(StrictNumbers):
     def _image_is_uint8(self) -> FeatureSpec:
         if self.norm == "image" and self.dtype != "uint8":
             raise ValueError(f"norm 'image' expects dtype uint8, got {self.dtype!r}")
+        if self.names is not None:
+            if len(self.shape) != 1:
+                raise ValueError(f"names are for 1-D features, this one has shape {self.shape}")
+            _check_names(self.names, self.shape[0], "names")
         return self
 
     def numpy_dtype(self) -> np.dtype:
@@ -152,6 +171,7 @@ class PolicyParams(StrictNumbers):
     n_obs_steps: int = Field(default=1, gt=0)
     ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
     control_hz: float | None = Field(default=None, gt=0.0)
+    action_names: tuple[str, ...] | None = None
 
     def require_raw_units(
         self, who: str, key: str, io: tuple[int, int], reads: str, writes: str
@@ -179,4 +199,5 @@ class PolicyParams(StrictNumbers):
             )
         if not self.input_features:
             raise ValueError("input_features must declare at least one observation key")
+        _check_names(self.action_names, self.action_dim, "action_names")
         return self

@@ -28,6 +28,7 @@ __all__ = ["dataset_overrides", "features_from_dataset"]
 
 _FEATURES = ("policy", "params", "input_features")
 _ACTION_DIM = ("policy", "params", "action_dim")
+_ACTION_NAMES = ("policy", "params", "action_names")
 _SPEC_DTYPES = {"float32", "float64", "float16", "uint8", "int64", "int32"}
 
 
@@ -80,6 +81,8 @@ def features_from_dataset(
         if norm == "image":
             norm = default_norm
         out[key] = {"shape": list(feat.shape), "dtype": feat.dtype, "norm": norm}
+        if feat.names is not None:
+            out[key]["names"] = list(feat.names)
     if not out:
         raise DatasetError(
             f"{dataset.info_path}: no observation.* features to take the policy's inputs from; "
@@ -115,6 +118,8 @@ def dataset_overrides(source: str | Path, overrides: Sequence[str], dataset: Dat
                 f"{dataset.info_path}: expected an 'action' feature of shape [A], found {found}"
             )
         extra.append(f"policy.params.action_dim={action.shape[0]}")
+        if action.names is not None and _ACTION_NAMES not in given:
+            extra.append(f"policy.params.action_names={json.dumps(list(action.names))}")
     cfg = load_policy_config(yaml_file, [*extra, *overrides])
     n_obs = cfg.params.get("n_obs_steps", 1)
     n_obs = n_obs if isinstance(n_obs, int) and not isinstance(n_obs, bool) and n_obs > 0 else 1

@@ -139,6 +139,31 @@ def envactor_params(kind: str, fields: Mapping[str, Any], folder: Path) -> dict[
     }
 
 
+def processor_stats(folder: Path, key: str) -> dict[str, Any]:
+    """The raw-unit stats (``min``, ``max``, ``mean``, ``std``, ``q01``, ``q99``) the checkpoint's
+    postprocessor holds for feature ``key`` (``action``); empty when it holds none. Read from
+    the files alone: LeRobot is not needed."""
+    from safetensors.numpy import load_file
+
+    try:
+        pipeline = json.loads((folder / POSTPROCESSOR_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for step in pipeline.get("steps", []) if isinstance(pipeline, dict) else []:
+        state = step.get("state_file") if isinstance(step, dict) else None
+        if not isinstance(state, str) or "normalizer" not in str(step.get("registry_name")):
+            continue
+        path = folder / Path(state).name
+        if not path.is_file():
+            continue
+        for name, value in load_file(str(path)).items():
+            feature, _, stat = name.rpartition(".")
+            if feature == key and stat in ("min", "max", "mean", "std", "q01", "q99"):
+                out.setdefault(stat, value.astype("float64"))
+    return out
+
+
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (tensor names, dtypes, shapes), without tensors."""
     with path.open("rb") as f:

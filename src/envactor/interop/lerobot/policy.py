@@ -35,6 +35,7 @@ from envactor.interop.lerobot.checkpoint import (
     import_lerobot,
     lerobot_checkpoint_dir,
     policy_type,
+    processor_stats,
     require_processors,
 )
 from envactor.normalize import Normalizer
@@ -226,7 +227,10 @@ def load_lerobot_policy(path: str | Path, *, device: str | torch.device = "cpu")
     params = params_from_config(model.config, kind, folder)
     modes: dict[str, Any] = {k: "identity" for k in params["input_features"]}
     modes[ACTION_KEY] = "identity"
-    norm = Normalizer(modes, {})
+    # identity: LeRobot's processors normalize; the action's raw stats are kept for the
+    # real-time controller's limits (Normalizer.stats()["action"])
+    stats = {ACTION_KEY: processor_stats(folder, ACTION_KEY)}
+    norm = Normalizer(modes, stats)
     policy = LeRobotPolicy({"model": model}, norm, processors=(pre, post), **params)
     version = getattr(sys.modules.get("lerobot"), "__version__", "unknown")
     policy.config = {

@@ -51,6 +51,7 @@ class Snapshot:
     time: float
     pending: Pending | None = None  # the executor's placeholder, filled on delivery
     earlier: list[dict[str, Any]] = field(default_factory=list)  # frames to observe first
+    version: int = 0  # the policy's weight version when the chunk was asked for
 
 
 def one_row(policy: Policy, obs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -172,7 +173,12 @@ class ChunkBoard:
             self._snapped = 0
             pending = Pending(0, 0, chunk)
             self.state.pending.append(pending)
-            self._install(Snapshot(obs, chunk[:0], 0, 0, 0, 0.0, pending), chunk, latency)
+            version = self._version()
+            snap = Snapshot(obs, chunk[:0], 0, 0, 0, 0.0, pending, version=version)
+            self._install(snap, chunk, latency)
+
+    def _version(self) -> int:
+        return int(getattr(self.executor.policy, "weight_version", 0))
 
     def _due(self) -> bool:
         """A snapshot is due: a new step since the last one, and the executor wants a chunk."""
@@ -201,7 +207,9 @@ class ChunkBoard:
                 earlier = list(self.frames)[:-1]  # the last one is the snapshot's own
                 self.frames.clear()
             remainder = np.array(self.executor._remainder(st), np.float32, copy=True)
-            return Snapshot(self.obs, remainder, st.idx, st.t, d, now, pending, earlier)
+            return Snapshot(
+                self.obs, remainder, st.idx, st.t, d, now, pending, earlier, self._version()
+            )
 
     def deliver(self, snap: Snapshot, chunk: np.ndarray) -> bool:
         """Swap ``chunk`` in where the executor says (skipping what ran since ``snap``; ``sync``:
@@ -252,7 +260,7 @@ class ChunkBoard:
         measured = max(0, math.ceil(latency / self.period - 1e-6))
         chunks.append(
             ChunkRecord(len(chunks), snap.step, self.steps, start, snap.executed, snap.delay,
-                        measured, latency * 1e3)
+                        measured, latency * 1e3, snap.version)
         )  # fmt: skip
         self.delays.append(measured)
         self._numbers[id(chunk)] = len(chunks) - 1

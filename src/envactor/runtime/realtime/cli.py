@@ -1,5 +1,8 @@
 """``envactor run TASK --ckpt DIR --hz 50 --seconds 30``: the real-time controller on a simulated
-robot, with its telemetry printed as a table (and written as JSON with ``--json OUT``).
+robot, or on a LeRobot robot (``--robot TYPE`` / ``--robot-module MOD:CLASS``), with its
+telemetry printed as a table (and written as JSON with ``--json OUT``). ``--dry-run`` never
+writes an action, ``--record ROOT`` records the run as a LeRobot v3.0 dataset, ``--log DIR``
+writes every step (CSV), the telemetry and a plot.
 
 Exit codes: 0 when the run ended normally and kept its health limits, 1 when it ran but failed
 (a safe stop, or a health limit passed; one line on stderr says why), 2 for a usage error
@@ -10,29 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from envactor.runtime.cli_args import OFF, number, or_off
 from envactor.runtime.executors import EXECUTORS
+from envactor.runtime.realtime.run_parts import AUTO, LIMIT_FLAGS
 
 __all__ = ["LIMIT_FLAGS", "add_run_args", "run_run"]
-
-LIMIT_FLAGS = {
-    "max_held_fraction": "--max-held-fraction",
-    "max_missed_chunks": "--max-missed-chunks",
-    "max_missed_deadline_fraction": "--max-missed-deadline-fraction",
-}
-"""Health limit -> the ``envactor run`` flag that sets it."""
-
-
-AUTO = "auto"
-"""``--max-obs-age``'s default: the controller's own limit, max(0.1 s, 5 control periods)."""
 
 
 def _obs_age(text: str) -> float | str | None:
@@ -48,10 +39,28 @@ def _obs_age(text: str) -> float | str | None:
         ) from None
 
 
+def _max_delta(text: str) -> float | str | None:
+    """``--max-delta``: a number > 0, ``auto`` (robots: 10% of each dim's action range per
+    step) or ``off``."""
+    word = text.strip().lower()
+    if word in (AUTO, OFF):
+        return AUTO if word == AUTO else None
+    try:
+        return number(gt=0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number > 0, {AUTO!r} or {OFF!r}, got {text!r}"
+        ) from None
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``envactor run``."""
     positive = number(gt=0)
-    p.add_argument("task", help="gymnasium id, e.g. envactor/PendulumSwingUp-v0 or Pendulum-v1")
+    p.add_argument(
+        "task", nargs="?", default=None,
+        help="gymnasium id of a simulated robot, e.g. envactor/PendulumSwingUp-v0 (or give "
+        "--robot / --robot-module; default: none)",
+    )  # fmt: skip
     p.add_argument(
         "--ckpt", required=True, help="checkpoint dir, policy YAML or registered policy name"
     )
@@ -66,8 +75,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help="delays the forecast maxes over (default 10)",
     )  # fmt: skip
     p.add_argument(
-        "--max-delta", type=positive, default=None, help="slew-rate limit per step (default none)"
-    )
+        "--max-delta", type=_max_delta, default=AUTO, metavar="DELTA|auto|off",
+        help="slew-rate limit per step in action units; 'auto' is 10%% of each dim's action "
+        "range on a robot and none on a simulated task (default: auto)",
+    )  # fmt: skip
     p.add_argument(
         "--max-obs-age", type=_obs_age, default=AUTO, metavar="SECONDS|auto|off",
         help="stale-observation limit in seconds; 'auto' is max(0.1 s, 5 control periods), "
@@ -102,6 +113,59 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress", action="store_true", help="no progress line on stderr (default: shown "
         "when stderr is a terminal)",
+    )  # fmt: skip
+    r = p.add_argument_group(
+        "robots (LeRobot's robot API; see docs/robots.md)",
+        "--robot or --robot-module instead of TASK drives a LeRobot Robot; LeRobot must be "
+        "installed",
+    )
+    r.add_argument(
+        "--robot", metavar="TYPE", default=None,
+        help="a LeRobot robot type, as LeRobot's --robot.type takes it (so101_follower, "
+        "koch_follower, lekiwi, ...) (default: none)",
+    )  # fmt: skip
+    r.add_argument(
+        "--robot-module", metavar="MODULE:CLASS", default=None,
+        help="a LeRobot Robot subclass of your own: pkg.module:Class or path/file.py:Class "
+        "(default: none)",
+    )  # fmt: skip
+    r.add_argument(
+        "--robot-opt", metavar="KEY=VALUE", action="append", default=[],
+        help="a field of the robot's config, as LeRobot's --robot.KEY=VALUE (port=/dev/ttyACM0, "
+        "id=arm, cameras={...}); repeatable (default: none)",
+    )  # fmt: skip
+    r.add_argument(
+        "--limit-margin", type=number(ge=0), default=0.1,
+        help="robots: actions are clipped to the checkpoint's action stats [min, max] widened "
+        "by this fraction of the range on each side (default 0.1)",
+    )  # fmt: skip
+    r.add_argument(
+        "--dry-run", action="store_true",
+        help="read observations and run the policy at the control rate, never write an action "
+        "(its would-be actions go to --log; default: off)",
+    )  # fmt: skip
+    r.add_argument(
+        "--record", metavar="ROOT", default=None,
+        help="record every step as a LeRobot v3.0 dataset at ROOT (default: not recorded)",
+    )  # fmt: skip
+    r.add_argument(
+        "--record-task", default="", metavar="TEXT",
+        help="the task description stored with each recorded episode (default: empty)",
+    )  # fmt: skip
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --record dataset")
+    r.add_argument(
+        "--log", metavar="DIR", default=None,
+        help="write steps.csv, telemetry.json and actions.png to DIR (default: a --dry-run "
+        "writes runs/dry-run-<time>; otherwise none)",
+    )  # fmt: skip
+    r.add_argument(
+        "--episodes", type=number(int, ge=1), default=1,
+        help="runs of --seconds each, recorded as that many episodes (default 1)",
+    )  # fmt: skip
+    r.add_argument(
+        "--reset-seconds", type=number(ge=0), default=10.0,
+        help="pause between episodes to reset the scene; the robot holds its last command "
+        "(default 10)",
     )  # fmt: skip
     g = p.add_argument_group(
         "health limits",
@@ -178,72 +242,70 @@ def _progress(ctrl: Any, seconds: float, enabled: bool, interval: float = 0.5) -
         bar.close()
 
 
-def _why(tel: Any) -> str:
-    """One line: why a run that is not ok failed."""
-    if tel.limit is not None:
-        flag = LIMIT_FLAGS.get(tel.limit["limit"], "")
-        return (f"failed its health check: {tel.stop_reason}: {tel.error} "
-                f"(set the limit with {flag}, or --no-limits)")  # fmt: skip
-    return f"safe stop: {tel.stop_reason}: {tel.error}"
-
-
 def run_run(args: argparse.Namespace) -> int:
-    """Build the policy and the simulated robot, run, report; 0 on a normal stop within the
-    health limits, 1 otherwise (the reason on stderr, in the table and in the JSON)."""
-    import gymnasium as gym
-
-    from envactor.envs import check_env_id  # importing envactor.envs registers its tasks
+    """Build the policy and the robot (simulated, or a LeRobot robot), run the session,
+    report; 0 when every run ended normally within the health limits, 1 otherwise (the
+    reason on stderr, in the table and in the JSON)."""
     from envactor.policy.build import build_policy
     from envactor.runtime.realtime.controller import RealtimeController
-    from envactor.runtime.realtime.robot import SimulatedRobot
+    from envactor.runtime.realtime.robot import DryRun, SimulatedRobot
+    from envactor.runtime.realtime.run_parts import (
+        check_sources,
+        lerobot_robot,
+        make_recorder,
+        report,
+    )
+    from envactor.runtime.realtime.session import run_session
+    from envactor.runtime.realtime.steplog import StepLog
 
-    check_env_id(args.task)
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise FileNotFoundError(
-            f"--json {args.json}: the folder {Path(args.json).parent} does not exist"
-        )
+    check_sources(args)
+    if args.task:
+        from envactor.envs import check_env_id  # importing envactor.envs registers its tasks
+
+        check_env_id(args.task)
     limits = _limits(args)
     policy = build_policy(args.ckpt, device=args.device, overrides=args.override)
     horizon = policy.params.horizon
     if args.s_min is not None and args.s_min > horizon:
         raise ValueError(f"--s-min must be <= the policy's horizon H={horizon}, got {args.s_min}")
-    env_kwargs: dict[str, Any] = {}
-    if args.max_episode_steps:
-        env_kwargs["max_episode_steps"] = args.max_episode_steps
-    env = gym.make(args.task, **env_kwargs)
-    try:
-        robot = SimulatedRobot(env, args.hz, threaded=args.sim_clock == "thread", seed=args.seed)
+    log_dir = args.log
+    if log_dir is None and args.dry_run:
+        log_dir = f"runs/dry-run-{time.strftime('%Y%m%d-%H%M%S')}"
+    with contextlib.ExitStack() as stack:
+        if args.task:
+            import gymnasium as gym
+
+            env_kwargs: dict[str, Any] = {}
+            if args.max_episode_steps:
+                env_kwargs["max_episode_steps"] = args.max_episode_steps
+            env = gym.make(args.task, **env_kwargs)
+            stack.callback(env.close)
+            robot: Any = SimulatedRobot(
+                env, args.hz, threaded=args.sim_clock == "thread", seed=args.seed
+            )
+            max_delta = None if args.max_delta == AUTO else args.max_delta
+        else:
+            robot, max_delta = lerobot_robot(args, policy)
+        sim = robot  # the robot itself (a dry run wraps it)
+        if args.dry_run:
+            robot = DryRun(robot)
+        recorder = make_recorder(args, robot) if args.record else None
+        if recorder is not None:
+            stack.callback(recorder.abort)  # only if the session never starts (closed there)
         ctrl = RealtimeController(
             policy, robot, hz=args.hz, executor=args.executor, s_min=args.s_min,
-            delay_buffer=args.delay_buffer, max_delta=args.max_delta,
+            delay_buffer=args.delay_buffer, max_delta=max_delta,
             max_obs_age=args.max_obs_age,
             inference_timeout=args.inference_timeout, safe_action=args.safe_action,
             limits=limits,
         )  # fmt: skip
+        names = getattr(robot, "action_names", None)
+        log = StepLog(names, sent=not args.dry_run) if log_dir else None
         show = not args.no_progress and sys.stderr.isatty()
-        with _progress(ctrl, args.seconds, show):
-            tel = ctrl.run(args.seconds)
-    finally:
-        env.close()
-    report = {
-        "task": args.task,
-        "policy": str(args.ckpt),
-        **tel.to_dict(),
-        "episodes": robot.episodes,
-        "returns": robot.returns,
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    from envactor.console import new_table, print_table
-
-    table = new_table(
-        f"envactor run {args.task}: {policy.name}", {"metric": "left", "value": "left"}
-    )
-    for key, value in tel.rows():
-        table.add_row(key, value)
-    table.add_row("episodes finished", str(robot.episodes))
-    print_table(table)
-    if tel.ok:
-        return 0
-    print(f"envactor run: {_why(tel)}", file=sys.stderr)
-    return 1
+        with _progress(ctrl, args.seconds * args.episodes, show):
+            result = run_session(
+                ctrl, args.seconds, episodes=args.episodes, reset_seconds=args.reset_seconds,
+                recorder=recorder, log=log, log_dir=log_dir,
+                say=lambda line: print(line, file=sys.stderr),
+            )  # fmt: skip
+    return report(args, policy, sim, robot, result)

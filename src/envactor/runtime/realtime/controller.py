@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ from envactor.runtime.realtime.clock import Clock
 from envactor.runtime.realtime.health import HealthLimits, HealthMonitor
 from envactor.runtime.realtime.robot import TIMESTAMP_KEY, Robot, SimulatedRobot
 from envactor.runtime.realtime.safety import ActionFilter, SafeAction, resolve_safe_action
+from envactor.runtime.realtime.steps import StepRecord
 from envactor.runtime.realtime.telemetry import Telemetry
 
 __all__ = ["HELD", "SAFE", "HealthLimits", "RealtimeController"]
@@ -83,6 +85,10 @@ class RealtimeController:
         clock: the time source (default: the wall clock); a
             :class:`~envactor.runtime.realtime.clock.VirtualClock` runs step-driven and
             deterministic (a ``SimulatedRobot`` must then share it and not be threaded).
+        on_step: called on the control thread after every write with that step's
+            :class:`~envactor.runtime.realtime.steps.StepRecord` (a recorder, a log); it must
+            return at once (hand the record to a thread of its own). An exception in it is a
+            safe stop (``step_hook_error``).
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class RealtimeController:
         switch_interval: float | None = 0.001,
         limits: HealthLimits | None = HealthLimits(),  # noqa: B008  (frozen, shared safely)
         clock: Clock | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
     ) -> None:
         try:
             executor_cls = EXECUTORS.get(executor)
@@ -151,6 +158,7 @@ class RealtimeController:
         self.warmup, self.join_timeout = warmup, float(join_timeout)
         self.switch_interval = switch_interval
         self.limits = limits
+        self.on_step = on_step
         self._monitor: HealthMonitor | None = None
         self.actions: list[np.ndarray] = []
         self.sources: list[tuple[int, int]] = []
@@ -159,6 +167,7 @@ class RealtimeController:
         self._began = threading.Event()
         self._last_written: np.ndarray | None = None
         self._stop_request: str | None = None
+        self._origin = 0.0
         self._board = self._new_board()
 
     # ------------------------------------------------------------------ public
@@ -332,7 +341,7 @@ class RealtimeController:
 
     def _control_loop(self, seconds: float | None, max_steps: int | None) -> None:
         tel, period, clock = self.telemetry, self.period, self.clock
-        origin = clock.now()
+        origin = self._origin = clock.now()
         monitor = self._monitor = (
             None
             if self.limits is None
@@ -372,6 +381,13 @@ class RealtimeController:
                 slot += skip
                 tel.skipped_periods += skip
 
+    def _version_of(self, source: tuple[int, int]) -> int:
+        """The weight version of the chunk a step's action came from (held/safe: the last)."""
+        chunks = self.telemetry.chunks
+        if 0 <= source[0] < len(chunks):
+            return chunks[source[0]].weight_version
+        return chunks[-1].weight_version if chunks else 0
+
     def _tick(self, now: float, fault: Fault | None = None) -> None:
         """One control step: read, check, take the next action (or hold / safe), write.
         ``fault`` (a health limit passed) makes it a safe stop."""
@@ -395,10 +411,20 @@ class RealtimeController:
         elif raw is None:  # hold
             raw = np.zeros(self.filter.shape, np.float32) if last is None else last
         action, clipped, limited = self.filter(raw, last)
+        sent: np.ndarray | None = None
         try:
-            self.robot.write(action)
+            sent = self.robot.write(action)
         except Exception as exc:
             fault = fault or ("robot_error", f"robot.write() failed: {type(exc).__name__}: {exc}")
+        if self.on_step is not None:
+            record = StepRecord(
+                tel.steps, now - self._origin, obs, action, raw, sent, source,
+                self._version_of(source), fault is not None, getattr(self.robot, "episodes", 0),
+            )  # fmt: skip
+            try:
+                self.on_step(record)
+            except Exception as exc:
+                fault = fault or ("step_hook_error", f"on_step failed: {type(exc).__name__}: {exc}")
         self._last_written = action
         self.actions.append(action)
         self.sources.append(source)

@@ -30,8 +30,11 @@ class Robot(ABC):
     ``read()`` returns the latest observation as ``{"observation.<...>": array}`` plus, when the
     robot knows it, ``"timestamp"`` (the controller clock's seconds when it was sensed; the
     controller's stale-observation check needs it). ``write(action)`` commands one action; the
-    robot keeps executing the last command until the next one (zero-order hold).
-    ``connect()``/``disconnect()`` bracket one controller run (default: nothing to do).
+    robot keeps executing the last command until the next one (zero-order hold). A robot that
+    changes the command (its own limits) returns what it actually commanded, which a recording
+    stores; None means "as given". ``connect()``/``disconnect()`` bracket one controller run
+    (default: nothing to do). A robot that counts finished episodes in an ``episodes``
+    attribute (as :class:`SimulatedRobot` does) gets a recording split at its episode ends.
     """
 
     action_space: gym.spaces.Box
@@ -41,8 +44,9 @@ class Robot(ABC):
         """The latest observation (see the class docstring)."""
 
     @abstractmethod
-    def write(self, action: np.ndarray) -> None:
-        """Command ``action`` (shape ``action_space.shape``, already within its bounds)."""
+    def write(self, action: np.ndarray) -> np.ndarray | None:
+        """Command ``action`` (shape ``action_space.shape``, already within its bounds); the
+        action actually commanded if the robot changed it, else None."""
 
     def connect(self) -> None:
         """Called when a controller run starts."""
@@ -138,9 +142,10 @@ class SimulatedRobot(Robot):
         a = np.asarray(action, dtype=space.dtype).reshape(space.shape)
         if not self.threaded:
             self._step(a)
-            return
+            return None
         with self._lock:
             self._command = a.copy()
+        return None
 
     def connect(self) -> None:
         if self.threaded and self._thread is None:
@@ -199,3 +204,36 @@ class SimulatedRobot(Robot):
                 next_t += period * (int(-delay / period) + 1)
                 delay = next_t - time.monotonic()
             self._stop.wait(max(0.0, delay))
+
+
+class DryRun(Robot):
+    """``robot`` read as usual but never written: the controller runs the policy at the
+    control rate and its safety filter, and the actions go nowhere (``would_be`` counts them).
+    The first thing to run on real hardware. Everything else is ``robot``'s."""
+
+    def __init__(self, robot: Robot) -> None:
+        self.inner = robot
+        self.action_space = robot.action_space
+        self.would_be = 0
+
+    def read(self) -> dict[str, Any]:
+        return self.inner.read()
+
+    def write(self, action: np.ndarray) -> None:
+        self.would_be += 1
+        return None
+
+    def connect(self) -> None:
+        self.inner.connect()
+
+    def disconnect(self) -> None:
+        self.inner.disconnect()
+
+    @property
+    def done(self) -> bool:
+        return self.inner.done
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copying): never recurse
+            raise AttributeError(name)
+        return getattr(self.inner, name)

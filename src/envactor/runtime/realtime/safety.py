@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -65,3 +67,32 @@ def resolve_safe_action(
     if arr.shape != shape:
         raise ValueError(f"safe_action: expected shape {shape}, got {arr.shape}")
     return arr
+
+
+def limits_from_stats(
+    stats: Mapping[str, Any], margin: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Action bounds from a policy's raw action stats: ``[min, max]`` widened by ``margin``
+    times the range on each side (``q01``/``q99`` when there is no min/max); ``(low, high,
+    which stats)``, or None when the stats hold neither pair.
+
+    A dim whose range is 0 (constant in the data) may only take that value.
+    """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    for lo, hi in (("min", "max"), ("q01", "q99")):
+        if lo in stats and hi in stats:
+            low = np.asarray(stats[lo], np.float64).reshape(-1)
+            high = np.asarray(stats[hi], np.float64).reshape(-1)
+            span = high - low
+            return low - margin * span, high + margin * span, f"{lo}/{hi}"
+    return None
+
+
+def auto_max_delta(low: np.ndarray, high: np.ndarray, fraction: float = 0.1) -> np.ndarray | None:
+    """The default slew limit on a robot: ``fraction`` of each dim's range per control step
+    (None when a dim's range is 0 or not finite: no automatic limit then)."""
+    span = np.asarray(high, np.float64) - np.asarray(low, np.float64)
+    if not np.all(np.isfinite(span)) or not np.all(span > 0):
+        return None
+    return fraction * span

@@ -32,6 +32,7 @@ class ChunkRecord:
             measured delays).
         measured_delay: ``ceil(latency / period)``, what the forecast learns from.
         latency_ms: wall time from snapshot to swap.
+        weight_version: the policy's ``weight_version`` when the chunk was asked for.
     """
 
     chunk: int
@@ -42,6 +43,7 @@ class ChunkRecord:
     forecast_delay: int
     measured_delay: int
     latency_ms: float
+    weight_version: int = 0
 
     @property
     def actual_delay(self) -> int:
