@@ -384,13 +384,17 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    """Run a policy in real time on a simulated robot."""
+    """Run a policy in real time on a simulated robot or a LeRobot robot."""
     from envactor.runtime.realtime.cli import run_run as _run
 
     return _run(args)
 
 
-@command("run", "run a policy in real time (control and inference loops) on a simulated robot")
+@command(
+    "run",
+    "run a policy in real time (control and inference loops) on a simulated robot or, with "
+    "--robot, any LeRobot robot",
+)
 def _run_args(p: argparse.ArgumentParser) -> None:
     from envactor.runtime.realtime.cli import add_run_args
 

@@ -8,12 +8,14 @@ It speaks LeRobot's robot API exactly as a motor arm does: named float features
 ``hz`` in wall-clock time from ``connect()`` to ``disconnect()``, holding the last action sent
 like a servo. Every instance is kept in ``SimBot.instances`` with what it was sent, so tests can
 check the action dicts and the disconnects. Options (``--robot-opt``): ``task``, ``hz``,
-``camera``, ``seed``, ``fail_after_reads`` (``get_observation`` raises after that many reads).
+``camera``, ``seed``, ``fail_after_reads`` (``get_observation`` raises after that many reads),
+``read_delay_s`` (each read blocks that long, like a saturated bus).
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +45,7 @@ class SimBotConfig(RobotConfig):
     camera: bool = True
     seed: int = 0
     fail_after_reads: int = 0  # 0: never
+    read_delay_s: float = 0.0
     calibration_dir: Path | None = field(default_factory=_calibration_dir)
 
 
@@ -111,6 +114,8 @@ class SimBot(Robot):
         if self.sim is None:
             raise DeviceNotConnectedError(f"{self} is not connected")
         self.reads += 1
+        if self.config.read_delay_s:
+            time.sleep(self.config.read_delay_s)
         if self.config.fail_after_reads and self.reads > self.config.fail_after_reads:
             raise ConnectionError(f"{self}: lost the bus after {self.reads - 1} reads")
         state = self.sim.read()["observation.state"]

@@ -1,5 +1,6 @@
 """Make a LeRobot robot from the command line: ``--robot TYPE`` through LeRobot's config
-registry (the names ``--robot.type`` takes in LeRobot's own scripts), or ``--robot-module
+registry (the names ``--robot.type`` takes in LeRobot's own scripts, third-party
+``lerobot_robot_*`` packages included), or ``--robot-module
 mod:Class`` for a robot class of one's own; ``--robot-opt key=value`` fills its config.
 
 Options are parsed by draccus, LeRobot's own config parser, so their values are written as in
@@ -60,6 +61,9 @@ def robot_types() -> tuple[list[str], dict[str, str]]:
     robots = _lerobot("robots")
     failed = _import_all(robots)
     _import_all(_lerobot("cameras"))  # camera configs register too (opencv, realsense, ...)
+    plugins = getattr(_lerobot("utils.import_utils"), "register_third_party_plugins", None)
+    if plugins is not None:  # installed lerobot_robot_* / lerobot_camera_* packages
+        plugins()
     return sorted(robots.RobotConfig.get_known_choices()), failed
 
 

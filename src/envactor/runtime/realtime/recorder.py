@@ -117,7 +117,8 @@ class DatasetRecorder:
         self.backlog_max = 0
         self.error: BaseException | None = None
         self._queue: queue.SimpleQueue[StepRecord | str] = queue.SimpleQueue()
-        self._held: StepRecord | None = None  # the last frame waits for its next.done
+        self._held: StepRecord | None = None  # a frame waits: a run's last is its episode's end
+        self._episodes_seen = 0
         self._stream: Any = None
         self._closed = False
         self._thread = threading.Thread(target=self._drain, name="envactor-recorder", daemon=True)
@@ -175,25 +176,27 @@ class DatasetRecorder:
                 continue  # failed: drop the rest, keep what was written
             try:
                 if item == _CLOSE:
-                    self._flush(done=True)
+                    self._flush(final=True)
                     return
                 if item == _END:
-                    self._flush(done=True)
+                    self._flush(final=True)
                     continue
                 assert isinstance(item, StepRecord)
-                held = self._held
-                if held is not None:
-                    self._flush(done=item.episodes > held.episodes)
+                self._flush(final=False)
                 self._held = item
             except BaseException as exc:
                 self.error = exc
                 if item == _CLOSE:
                     return
 
-    def _flush(self, *, done: bool) -> None:
-        """Write the held frame; end its episode when ``done``."""
+    def _flush(self, *, final: bool) -> None:
+        """Write the held frame: the last of its episode when its write finished one of the
+        robot's episodes (its count went up) or when ``final``; then end that episode."""
         rec, self._held = self._held, None
+        done = final
         if rec is not None:
+            done = done or rec.episodes > self._episodes_seen
+            self._episodes_seen = rec.episodes
             if self._stream is None:
                 self._stream = self.writer.stream_episode()
             self._stream.add(self._frame(rec, done))

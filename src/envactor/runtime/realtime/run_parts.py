@@ -136,7 +136,8 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
     if args.task:
         table.add_row("episodes finished", str(finished))
     if len(result.runs) > 1 or args.episodes > 1:
-        table.add_row("runs", f"{len(result.runs)} of {args.episodes}")
+        why = f" (ended by {result.interrupted})" if result.interrupted else ""
+        table.add_row("runs", f"{len(result.runs)} of {args.episodes}{why}")
     if args.dry_run:
         table.add_row("actions sent", f"none (dry run: {robot.would_be} would-be actions)")
     if result.dataset is not None:

@@ -101,7 +101,9 @@ class StepLog:
         chunk = np.array([r[3] for r in self.rows])
         prop = np.stack([r[7] for r in self.rows])
         act = np.stack([r[8] for r in self.rows])
-        late = np.concatenate([np.asarray(tel.lateness_s[: tel.steps]) for tel in runs] or [np.zeros(0)])
+        late = np.concatenate(
+            [np.asarray(tel.lateness_s[: tel.steps]) for tel in runs] or [np.zeros(0)]
+        )
         dims = len(names)
         fig, axes = plt.subplots(dims + 1, 1, figsize=(10, 2.2 * (dims + 1)), sharex=True)
         axes = np.atleast_1d(axes)
