@@ -172,5 +172,11 @@ def make_robot(
     config = parse_options(robots.RobotConfig.get_choice_class(robot_type), options)
     try:
         return robots.make_robot_from_config(config)
+    except ModuleNotFoundError as exc:
+        raise RobotSpecError(
+            f"--robot {robot_type}: its driver needs {exc.name!r}, which is not installed: "
+            "install LeRobot's extra for the robot's motors (e.g. pip install "
+            "'lerobot[feetech]' for SO-100/101, 'lerobot[dynamixel]' for Koch)"
+        ) from None
     except Exception as exc:
         raise RobotSpecError(f"--robot {robot_type}: LeRobot could not make it: {exc}") from None

@@ -9,12 +9,9 @@ runs the policy and swaps the new chunk in at index = control steps run since th
 no action is executed twice or skipped. Index i of a chunk snapshotted after step t0 is the
 action for step ``t0 + i``.
 
-Executors: any registered in ``envactor.runtime.executors.EXECUTORS``, the registry the vector
-actor and the policy server use: the executor makes the policy call (``rtc``: guided inference,
-true VJP, the blend for policies without guided sampling; ``rtc_identity``; ``blend``;
-``rtc_trained``: training-time RTC; ``naive_async``, ``temporal_ensemble`` and ``sync``: plain
-predict) and its rules say when to ask, where a new chunk starts (stale actions skipped; ``sync``
-from index 0 after holding the last action) and what runs (``temporal_ensemble`` averages).
+Executors: any registered in ``envactor.runtime.executors.EXECUTORS`` (the registry the vector
+actor and the policy server use): the executor makes the policy call and its rules say when to
+ask, where a new chunk starts and what runs (docs/realtime.md has the table).
 
 Observation history (``n_obs_steps > 1``): every control tick's observation reaches the policy
 (``observe`` for the ticks without a request, from the inference thread; see ``realtime_chunks``).
@@ -29,12 +26,9 @@ to settle, so latency is only what the policy simulates with ``clock.sleep``.
 from __future__ import annotations
 
 import math
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -49,6 +43,7 @@ from envactor.runtime.realtime.clock import Clock
 from envactor.runtime.realtime.health import HealthLimits, HealthMonitor
 from envactor.runtime.realtime.robot import TIMESTAMP_KEY, Robot, SimulatedRobot
 from envactor.runtime.realtime.safety import ActionFilter, SafeAction, resolve_safe_action
+from envactor.runtime.realtime.signals import run_settings
 from envactor.runtime.realtime.steps import StepRecord
 from envactor.runtime.realtime.telemetry import Telemetry
 
@@ -196,33 +191,41 @@ class RealtimeController:
         self._board = self._new_board()
         self.clock.begin()
         self._began.set()
-        previous = self._install_signals() if handle_signals else {}
         worker: threading.Thread | None = None
         started = self.clock.now()
-        old_interval = sys.getswitchinterval()
-        if self.switch_interval is not None:
-            sys.setswitchinterval(self.switch_interval)
-        try:
-            self.robot.connect()
-            self._first_chunk()
-            worker = threading.Thread(
-                target=self._inference_loop, name="envactor-inference", daemon=True
-            )
-            worker.start()
-            self._control_loop(seconds, max_steps)
-            self._judge_run()
-        finally:
-            self._board.halt()
-            self.clock.release()
-            if worker is not None:
-                worker.join(self.join_timeout)
-                tel.leaked_threads = int(worker.is_alive())
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            sys.setswitchinterval(old_interval)
-            self.robot.disconnect()
-            tel.duration_s = self.clock.now() - started
+        settings = run_settings(
+            self.stop, handle_signals=handle_signals, switch_interval=self.switch_interval
+        )
+        with settings:
+            try:
+                self.robot.connect()
+                self._first_chunk()
+                worker = threading.Thread(
+                    target=self._inference_loop, name="envactor-inference", daemon=True
+                )
+                worker.start()
+                self._control_loop(seconds, max_steps)
+                self._judge_run()
+            finally:
+                self._board.halt()
+                self.clock.release()
+                if worker is not None:
+                    worker.join(self.join_timeout)
+                    tel.leaked_threads = int(worker.is_alive())
+                self._disconnect(tel)
+                tel.duration_s = self.clock.now() - started
         return tel
+
+    def _disconnect(self, tel: Telemetry) -> None:
+        """``robot.disconnect()``; a failure there fails the run (it is reported, never
+        raised over an error already in flight)."""
+        try:
+            self.robot.disconnect()
+        except Exception as exc:
+            why = f"robot.disconnect() failed: {type(exc).__name__}: {exc}"
+            tel.error = f"{tel.error}; {why}" if tel.error else why
+            if tel.ok:
+                tel.stop_reason = "robot_error"
 
     def start(self, seconds: float | None = None, *, max_steps: int | None = None) -> None:
         """:meth:`run` on a background thread (no signal handlers); see :meth:`wait`."""
@@ -262,19 +265,6 @@ class RealtimeController:
         return ChunkBoard(
             self.rules, self.delay_buffer, self.period, self.telemetry, self.clock, n_obs
         )
-
-    def _install_signals(self) -> dict[signal.Signals, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            self.stop(f"signal:{signal.Signals(signum).name}")  # sets a flag, takes no lock
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, on_signal)
-        return previous
 
     def _infer(self, obs: dict[str, Any], remainder: np.ndarray, d: int, s: int) -> np.ndarray:
         return infer_chunk(self.rules, obs, remainder, d, s)
@@ -381,13 +371,6 @@ class RealtimeController:
                 slot += skip
                 tel.skipped_periods += skip
 
-    def _version_of(self, source: tuple[int, int]) -> int:
-        """The weight version of the chunk a step's action came from (held/safe: the last)."""
-        chunks = self.telemetry.chunks
-        if 0 <= source[0] < len(chunks):
-            return chunks[source[0]].weight_version
-        return chunks[-1].weight_version if chunks else 0
-
     def _tick(self, now: float, fault: Fault | None = None) -> None:
         """One control step: read, check, take the next action (or hold / safe), write.
         ``fault`` (a health limit passed) makes it a safe stop."""
@@ -419,7 +402,7 @@ class RealtimeController:
         if self.on_step is not None:
             record = StepRecord(
                 tel.steps, now - self._origin, obs, action, raw, sent, source,
-                self._version_of(source), fault is not None, getattr(self.robot, "episodes", 0),
+                tel.version_of(source), fault is not None, getattr(self.robot, "episodes", 0),
             )  # fmt: skip
             try:
                 self.on_step(record)

@@ -100,6 +100,13 @@ class Telemetry:
         passed)."""
         return self.stop_reason in NORMAL_STOPS or self.stop_reason.startswith("signal:")
 
+    def version_of(self, source: tuple[int, int]) -> int:
+        """The weight version of the chunk a step's action came from (held or safe steps:
+        the newest chunk's)."""
+        if 0 <= source[0] < len(self.chunks):
+            return self.chunks[source[0]].weight_version
+        return self.chunks[-1].weight_version if self.chunks else 0
+
     @property
     def chunk_switches(self) -> int:
         """Chunks swapped in while the control loop ran (the first chunk not counted)."""
