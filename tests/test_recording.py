@@ -228,3 +228,29 @@ def test_cli_robot_without_lerobot_says_how_to_install(capsys) -> None:  # type:
     assert main(["run", "--robot", "so101_follower", "--ckpt", "pendulum_expert"]) == 2
     err = capsys.readouterr().err
     assert "--robot needs LeRobot" in err and "pip install" in err
+
+
+def test_a_recording_starts_dagger(tmp_path: Path) -> None:
+    """``envactor run --record`` of the expert on the task, then DAgger from that recording
+    (``--init-data``): behaviour cloning on it, and its episodes start the aggregate."""
+    from envactor.data import open_dataset
+    from envactor.distributed.dagger import OnlineSettings, train_online
+
+    root = tmp_path / "rec"
+    assert main(["run", TASK, "--ckpt", "pendulum_expert", "--hz", "20", "--seconds", "6",
+                 "--sim-clock", "controller", "--max-episode-steps", "40", "--no-progress",
+                 "--no-limits", "--record", str(root)]) == 0  # fmt: skip
+    assert open_dataset(root).num_episodes == 3
+    with pytest.raises(ValueError, match="needs the features"):
+        OnlineSettings(init_data=root, task="envactor/ReacherReach-v0").check()  # its state
+    out = tmp_path / "online"
+    rows = train_online(
+        OnlineSettings.quick(out=out, workers=0, iterations=1, init_data=root, init_steps=20,
+                             train_steps=20, episodes_per_iter=2, eval_episodes=2),
+        progress=False,
+    )  # fmt: skip
+    assert [r["version"] for r in rows] == [0, 1]
+    assert not (out / "data" / "demos").exists()  # no expert demos were collected
+    agg = open_dataset(out / "data" / "agg_0001")
+    assert agg.num_episodes == 3 + 2  # the recording's, then one iteration's collection
+    np.testing.assert_array_equal(agg.episode(0)["action"], open_dataset(root).episode(0)["action"])

@@ -92,6 +92,14 @@ def add_online_args(p: argparse.ArgumentParser) -> None:
         help="starting checkpoint; default: behaviour cloning on --init-demos episodes",
     )
     p.add_argument(
+        "--init-data",
+        default=None,
+        metavar="DIR",
+        help="start from behaviour cloning on this dataset (e.g. an `envactor run --record` "
+        "recording) instead of --init-demos expert episodes; it also starts the aggregate "
+        "(default: none)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue from OUT/state.json (last checkpoint and weight version)",
@@ -127,6 +135,7 @@ def run_online(args: argparse.Namespace) -> int:
         "task": args.task, "workers": args.workers, "address": args.address,
         "out": Path(args.out), "seed": args.seed, "resume": args.resume,
         "init": None if args.init is None else Path(args.init),
+        "init_data": None if args.init_data is None else Path(args.init_data),
     }  # fmt: skip
     kw.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None})
     settings = OnlineSettings.quick(**kw) if args.quick else OnlineSettings(**kw)

@@ -56,6 +56,7 @@ class OnlineSettings:
     address: str | None = None
     seed: int = 0
     init: Path | None = None
+    init_data: Path | None = None
     init_demos: int = 8
     init_steps: int = 300
     iterations: int = 4
@@ -101,6 +102,10 @@ class OnlineSettings:
                 raise ValueError(f"{name}: expected a finite number {want}, got {value!r}")
         if self.init is not None and not Path(self.init).exists():
             raise FileNotFoundError(f"init: checkpoint {self.init} does not exist")
+        if self.init_data is not None:
+            if self.init is not None:
+                raise ValueError("init_data (--init-data) and init (--init): give one start")
+            check_init_data(Path(self.init_data), task_spec(self.task))
         if self.init is not None:  # DAgger fine-tunes its policy: LeRobot's are acting-only
             from envactor.interop.lerobot import lerobot_checkpoint_dir
 
@@ -171,30 +176,67 @@ def _write_dataset(path: Path, episodes: list[dict[str, np.ndarray]], spec: dict
             writer.add_episode({**{k: ep[k] for k in feats}, "next.reward": ep["reward"]})
 
 
-def _read_dataset(path: Path) -> list[dict[str, np.ndarray]]:
+def _read_dataset(path: Path, spec: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """The task's columns of every episode at ``path`` (rewards as ``reward``)."""
     from envactor.data import EpisodeDataset
 
     ds = EpisodeDataset(path)
-    keys = [k for k in ds.data_keys if k.startswith("observation.")] + ["action", "next.reward"]
+    keys = [*_features(spec), "next.reward"]
     return [
         {("reward" if k == "next.reward" else k): v for k, v in ep.items()}
         for ep in ds.iter_episodes(keys)
     ]
 
 
+def check_init_data(root: Path, spec: dict[str, Any]) -> None:
+    """``root`` is a dataset with the task's observation features and action (a recording of
+    ``envactor run --record``, ``envactor collect``, LeRobot's); other columns are ignored."""
+    from envactor.data import open_dataset
+
+    ds = open_dataset(root)
+    want = {k: tuple(v["shape"]) for k, v in _features(spec).items()}
+    have = {k: tuple(ds.features[k].shape) for k in want if k in ds.features}
+    if have != want:
+        raise ValueError(
+            f"init_data {root}: DAgger on {spec['env_id']} needs the features {want}; the "
+            f"dataset has {have or 'none of them'} (of {sorted(ds.features)})"
+        )
+
+
+def _task_inputs(root: Path, spec: dict[str, Any]) -> str:
+    """The override that gives ``flow`` the task's observation features of ``root`` (with the
+    norms ``flow``'s config gives them)."""
+    from envactor.config import load_policy_config
+    from envactor.data import open_dataset
+    from envactor.policy.build import packaged_config
+    from envactor.train.from_dataset import features_from_dataset
+
+    declared = load_policy_config(packaged_config("flow")).params.get("input_features")
+    feats = features_from_dataset(open_dataset(root), declared)
+    task = {k: v for k, v in feats.items() if k in spec["observation"]}
+    return f"policy.params.input_features={json.dumps(task)}"
+
+
 def _bootstrap(s: OnlineSettings, spec: dict[str, Any], progress: bool) -> Path:
-    """A weak starting policy: behaviour cloning on a few expert episodes, briefly trained."""
+    """A weak starting policy: behaviour cloning, briefly trained, on ``init_data`` or else
+    on a few expert episodes collected here."""
     from envactor.policy.build import save_policy
     from envactor.runtime.collect import collect
     from envactor.train import train
 
     demos = s.out / "data" / "demos"
-    collect(s.task, episodes=s.init_demos, out=demos, num_envs=s.num_envs, seed=s.seed,
-            overwrite=True, progress=progress,
-            env_kwargs={"action_noise_std": s.action_noise_std})  # fmt: skip
+    inputs: list[str] = []
+    if s.init_data is not None:
+        demos = Path(s.init_data)
+        inputs = [_task_inputs(demos, spec)]  # the task's observations, not a camera it has
+    else:
+        collect(s.task, episodes=s.init_demos, out=demos, num_envs=s.num_envs, seed=s.seed,
+                overwrite=True, progress=progress,
+                env_kwargs={"action_noise_std": s.action_noise_std})  # fmt: skip
     overrides = [f"policy.params.horizon={s.horizon}",
                  f"policy.params.n_action_steps={s.n_action_steps}",
-                 f"policy.params.control_hz={spec['control_hz']}", *s.overrides]  # fmt: skip
+                 f"policy.params.control_hz={spec['control_hz']}", *inputs,
+                 *s.overrides]  # fmt: skip
     res = train("flow", demos, out_dir=s.out / "train" / "init", steps=s.init_steps,
                 batch_size=s.batch_size, lr=s.lr, seed=s.seed, save_every=s.init_steps,
                 overrides=overrides, progress=progress,
@@ -241,7 +283,7 @@ def train_online(
         out.mkdir(parents=True, exist_ok=True)
         if policy0 is None:
             ckpt = _bootstrap(s, spec, progress)
-            demos = _read_dataset(out / "data" / "demos")
+            demos = _read_dataset(Path(s.init_data or out / "data" / "demos"), spec)
         else:
             ckpt = save_policy(policy0, out / "checkpoints" / f"v{policy0.weight_version:04d}")
             demos = []
@@ -251,7 +293,7 @@ def train_online(
             _write_dataset(agg, demos, spec)
         state = _State(0, version0, str(ckpt.relative_to(out)), str(agg.relative_to(out)), [])
         state.save(out)
-    aggregate = _read_dataset(out / state.dataset) if (out / state.dataset).exists() else []
+    aggregate = _read_dataset(out / state.dataset, spec) if (out / state.dataset).exists() else []
     if s.workers > 0:
         init_ray(s.address)
     worker_kwargs = dict(
