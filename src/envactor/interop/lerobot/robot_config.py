@@ -103,6 +103,30 @@ def parse_options(config_class: type, options: Sequence[str], flag: str = "--rob
         raise RobotSpecError(f"{flag}: {config_class.__name__}: {exc}") from None
 
 
+def _loaded_from(path: Path) -> Any:
+    """The module already imported from ``path`` (under any name), or None: a file is run
+    once, so the configs it registers with LeRobot are registered once."""
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == path:
+            return module
+    return None
+
+
+def _exec_file(path: Path) -> Any:
+    name = f"envactor_robot_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def _load_class(spec: str) -> type:
     """``package.module:Class`` (the current folder is importable, as with ``python -m``) or
     ``path/to/file.py:Class``."""
@@ -117,12 +141,7 @@ def _load_class(spec: str) -> type:
             path = Path(target).resolve()
             if not path.is_file():
                 raise RobotSpecError(f"--robot-module {spec!r}: no file {target}")
-            mod_name = f"envactor_robot_{path.stem}"
-            loader = importlib.util.spec_from_file_location(mod_name, path)
-            assert loader is not None and loader.loader is not None
-            module = importlib.util.module_from_spec(loader)
-            sys.modules[mod_name] = module
-            loader.loader.exec_module(module)
+            module = _loaded_from(path) or _exec_file(path)
         else:
             cwd = str(Path.cwd())
             added = cwd not in sys.path
