@@ -16,7 +16,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from envactor.runtime.cli_args import OFF, number, or_off
@@ -26,31 +26,29 @@ from envactor.runtime.realtime.run_parts import AUTO, LIMIT_FLAGS
 __all__ = ["LIMIT_FLAGS", "add_run_args", "run_run"]
 
 
-def _obs_age(text: str) -> float | str | None:
-    """``--max-obs-age``: seconds > 0, ``auto`` or ``off`` (None: no staleness check)."""
-    word = text.strip().lower()
-    if word in (AUTO, OFF):
-        return AUTO if word == AUTO else None
-    try:
-        return number(gt=0)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected seconds (a finite number > 0), {AUTO!r} or {OFF!r}, got {text!r}"
-        ) from None
+def _auto_or_off(what: str) -> Callable[[str], float | str | None]:
+    """An argparse type: a finite number > 0, ``auto`` (returned as is) or ``off`` (None);
+    ``what`` names the number in the error."""
+
+    def parse(text: str) -> float | str | None:
+        word = text.strip().lower()
+        if word in (AUTO, OFF):
+            return AUTO if word == AUTO else None
+        try:
+            return number(gt=0)(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what}, {AUTO!r} or {OFF!r}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _max_delta(text: str) -> float | str | None:
-    """``--max-delta``: a number > 0, ``auto`` (robots: 10% of each dim's action range per
-    step) or ``off``."""
-    word = text.strip().lower()
-    if word in (AUTO, OFF):
-        return AUTO if word == AUTO else None
-    try:
-        return number(gt=0)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number > 0, {AUTO!r} or {OFF!r}, got {text!r}"
-        ) from None
+_obs_age = _auto_or_off("seconds (a finite number > 0)")
+"""``--max-obs-age``: seconds, ``auto`` (max(0.1 s, 5 periods)) or ``off`` (no check)."""
+_max_delta = _auto_or_off("a finite number > 0")
+"""``--max-delta``: action units per step, ``auto`` (robots: 10% of each dim's action range)
+or ``off``."""
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
