@@ -223,7 +223,7 @@ def test_guidance_request_computes_prefix_weights_and_committed_on_demand() -> N
         ({"delay": -1}, ValueError, r"expected 0 <= delay \(d\), got -1"),
         ({"executed": 9}, ValueError, r"0 <= executed \(s\) <= 8, got 9"),
         ({"schedule": "cubic"}, ValueError, r"schedule must be one of .*'cubic'"),
-        ({"beta": float("nan")}, ValueError, "beta must be finite and >= 0"),
+        ({"beta": float("nan")}, ValueError, r"beta must be finite and in \[0, 100\]"),
         ({"jacobian": "exact"}, ValueError, r"jacobian must be one of .*'exact'"),
         ({"method": "inpaint"}, ValueError, r"method must be one of .*'inpaint'"),
         ({"remainder": [np.zeros((9, 1))]}, ValueError, r"remainder\[0\]: expected shape"),

@@ -229,7 +229,7 @@ def test_captured_inference_tensor_gets_a_clear_error() -> None:
         ({"num_steps": 0}, ValueError, "num_steps must be >= 1, got 0"),
         ({"num_steps": 2.0}, TypeError, "num_steps must be an integer >= 1, got float"),
         ({"num_steps": True}, TypeError, "got bool"),
-        ({"max_guidance_weight": -1.0}, ValueError, "finite and >= 0, got -1.0"),
+        ({"max_guidance_weight": -1.0}, ValueError, "finite and in [0, 100], got -1.0"),
         ({"max_guidance_weight": float("nan")}, ValueError, "got nan"),
         ({"jacobian": "exact"}, ValueError, "'vjp' or 'identity', got 'exact'"),
         ({"prefix": torch.zeros(2, 5, 3)}, ValueError, "pad the unexecuted remainder"),

@@ -1,18 +1,28 @@
-"""``--env-opt`` parsing and help that states every default, for the ``envactor`` subcommands
-(numeric flags: ``envactor.runtime.cli_args.number``)."""
+"""``--env-opt`` / ``--executor-opt`` parsing and help that states every default, for the
+``envactor`` subcommands (numeric flags: ``envactor.runtime.cli_args.number``)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-__all__ = ["DefaultsHelpFormatter", "env_opt", "fill_missing_help"]
+__all__ = ["DefaultsHelpFormatter", "env_opt", "executor_opt", "fill_missing_help"]
 
 
 def env_opt(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` for ``gymnasium.make``: KEY an identifier, VALUE a YAML scalar read like a
     config value (``0.1`` and ``1e-3`` -> float, ``true`` -> bool, ``null`` -> None, anything
     else a string; ``KEY=`` is the empty string), with the config loader's size limits."""
+    return _key_value(text, "--env-opt")
+
+
+def executor_opt(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for the executor's constructor (``bid``'s ``num_samples=8``, ...), read as
+    :func:`env_opt` reads its values."""
+    return _key_value(text, "--executor-opt")
+
+
+def _key_value(text: str, flag: str) -> tuple[str, Any]:
     from envactor.config import ConfigError
     from envactor.config.loader import parse_value
 
@@ -23,7 +33,7 @@ def env_opt(text: str) -> tuple[str, Any]:
     if not raw.strip():
         return key, ""
     try:
-        value = parse_value(raw, f"--env-opt {key}")
+        value = parse_value(raw, f"{flag} {key}")
     except ConfigError as e:
         raise argparse.ArgumentTypeError(
             f"{key}: expected a YAML scalar (number, bool, string, null), got {_clip(raw)!r} "

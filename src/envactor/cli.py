@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from envactor.argtypes import DefaultsHelpFormatter, env_opt, fill_missing_help
+from envactor.argtypes import DefaultsHelpFormatter, env_opt, executor_opt, fill_missing_help
 from envactor.runtime.cli_args import number
 
 positive_int = number(int, ge=1)
@@ -157,6 +157,35 @@ def env_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def executor_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
+    """``--executor-opt`` as the executor's keywords, checked against what its class takes."""
+    import inspect
+
+    from envactor.runtime.executors import EXECUTORS
+
+    opts: dict[str, Any] = dict(args.executor_opt)
+    if not opts:
+        return {}
+    cls = EXECUTORS.get(args.executor)
+    known = {
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+        for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in ("self", "policy")
+    }
+    flags = {"delay": "--delay", "n_action_steps": "--n-action-steps"}
+    for key in opts:
+        if key in flags:
+            raise ValueError(f"--executor-opt {key}: give it as {flags[key]}")
+        if key not in known:
+            raise ValueError(
+                f"--executor-opt {key}: executor {args.executor!r} takes "
+                f"{sorted(known - set(flags))}; got {key!r}"
+            )
+    return opts
+
+
 def _checkpoint_shown(policy: str) -> str:
     """``policy`` as a result names it: a checkpoint as the folder that was loaded (a run's
     ``checkpoints/last`` or a step directory as its ``policy/`` checkpoint, a LeRobot training
@@ -188,8 +217,8 @@ def run_eval(args: argparse.Namespace) -> int:
         args.policy, args.env, num_envs=args.num_envs, num_episodes=args.episodes,
         executor=args.executor, delay=args.delay, seed=args.seed,
         n_action_steps=args.n_action_steps, vectorization=args.vectorization,
-        env_kwargs=env_kwargs_from(args), device=args.device, overrides=args.override,
-        progress=_progress(args),
+        executor_kwargs=executor_kwargs_from(args), env_kwargs=env_kwargs_from(args),
+        device=args.device, overrides=args.override, progress=_progress(args),
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -249,6 +278,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="s, actions executed per chunk (default: the policy's n_action_steps)",
+    )
+    p.add_argument(
+        "--executor-opt",
+        type=executor_opt,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="executor setting, VALUE read as a YAML scalar (bid: num_samples=8, "
+        "weak=CKPT_DIR); repeatable (default: none)",
     )
     _add_env_args(p)
     p.add_argument(

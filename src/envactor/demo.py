@@ -32,7 +32,8 @@ from typing import Any
 
 TASK = "envactor/PendulumSwingUp-v0"
 EXECUTORS = (
-    "sync", "naive_async", "temporal_ensemble", "blend", "rtc", "rtc_identity", "rtc_trained"
+    "sync", "naive_async", "temporal_ensemble", "bid", "blend", "rtc", "rtc_identity",
+    "rtc_trained",
 )  # fmt: skip
 COLUMNS = ("executor", "delay", "episodes", "success_rate", "return_mean", "return_std",
            "jerk_mean", "held_steps_mean", "length_mean")  # fmt: skip
@@ -58,6 +59,9 @@ class DemoSettings:
     action_noise_std: float = 0.1
     demo_perturb_std: float = 0.5  # recorded expert torque perturbation (N m) in the demos
     train_max_delay: int = 4  # training-time RTC: d in {0..4} per example (0: off)
+    bid_samples: int = 8  # bid: N candidate chunks per replan
+    bid_mode_size: int = 3  # bid: K, the sizes of forward contrast's positive and negative sets
+    weak_step: int = 1000  # bid's weak policy: this training step's checkpoint (0: coherence only)
     overrides: list[str] = field(default_factory=list)
     smoke_test: bool = False  # the table and results.json say the numbers are not results
 
@@ -66,7 +70,7 @@ class DemoSettings:
         """A few minutes' job shrunk to well under two: tiny data, short training, few episodes
         (a smoke test: its numbers are not results)."""
         base = dict(demo_episodes=24, train_steps=150, batch_size=128, eval_episodes=8,
-                    num_envs=8, delays=(0, 2, 4), smoke_test=True)  # fmt: skip
+                    num_envs=8, delays=(0, 2, 4), weak_step=50, smoke_test=True)  # fmt: skip
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -241,7 +245,7 @@ def _train_phase(settings: DemoSettings, spec: dict[str, Any], work: Path, progr
     ]
     result = train("flow", work / "dataset", out_dir=work / "train", steps=settings.train_steps,
                    batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                   save_every=settings.train_steps, overrides=overrides, progress=progress,
+                   save_every=save_every(settings), overrides=overrides, progress=progress,
                    warmup_steps=min(100, settings.train_steps // 10))  # fmt: skip
     save_policy(result.policy, work / "policy", step=result.step)
     return result
@@ -277,6 +281,7 @@ def _evaluate_phase(
             policy, task, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
             executor=executor, delay=delay, seed=eval_seed(settings), env_kwargs=env_kwargs,
             n_action_steps=execution_horizon(executor, delay, settings.n_action_steps),
+            executor_kwargs=executor_settings(settings, executor, work),
         )  # fmt: skip
         summary = res.summary()
         rows.append({k: summary[k] for k in COLUMNS})
@@ -342,7 +347,38 @@ def eval_command(settings: DemoSettings, executor: str, delay: int) -> str:
         "--episodes", str(settings.eval_episodes), "--num-envs", str(settings.num_envs),
         "--seed", str(eval_seed(settings)),
     ]  # fmt: skip
+    for key, value in executor_settings(settings, executor, settings.out).items():
+        argv += ["--executor-opt", f"{key}={value}"]
     return shlex.join(argv)
+
+
+def save_every(settings: DemoSettings) -> int:
+    """Checkpoint interval of the training run: ``weak_step`` when bid uses a weak policy (its
+    checkpoint is the one at that step), else only the end."""
+    if "bid" in settings.executors and 0 < settings.weak_step < settings.train_steps:
+        return settings.weak_step
+    return settings.train_steps
+
+
+def weak_checkpoint(settings: DemoSettings, out: Path) -> Path | None:
+    """The policy folder of bid's weak policy under the demo folder ``out``: the training run's
+    checkpoint at ``weak_step`` (an earlier checkpoint of the same run, as the BID paper's weak
+    policy); None when ``weak_step`` is 0 (backward coherence alone)."""
+    if not 0 < settings.weak_step < settings.train_steps:
+        return None
+    return out / "train" / "checkpoints" / f"step_{settings.weak_step:06d}" / "policy"
+
+
+def executor_settings(settings: DemoSettings, executor: str, out: Path) -> dict[str, Any]:
+    """The executor keywords of the demo beyond d and s: bid's N, K and weak policy."""
+    if executor != "bid":
+        return {}
+    n = settings.bid_samples
+    opts: dict[str, Any] = {"num_samples": n, "mode_size": min(settings.bid_mode_size, n)}
+    weak = weak_checkpoint(settings, out)
+    if weak is not None:
+        opts["weak"] = str(weak)
+    return opts
 
 
 def _prefix_overrides(max_delay: int) -> list[str]:

@@ -25,7 +25,6 @@ marking ``x`` as requiring grad.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,9 +35,14 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 Jacobian = Literal["vjp", "identity"]
 DEFAULT_MAX_GUIDANCE_WEIGHT = 5.0
 """beta, the guidance weight clip (the RTC paper's setting); every default in envactor is this."""
+MAX_GUIDANCE_WEIGHT = 100.0
+"""The largest beta anything in envactor accepts (20 times the default): the weight clips the
+guidance step, and above the default the guided chunk soon overshoots the prefix by more at each
+step (docs/chunking.md, "Guided RTC at d >= 3")."""
 
 __all__ = [
     "DEFAULT_MAX_GUIDANCE_WEIGHT",
+    "MAX_GUIDANCE_WEIGHT",
     "Jacobian",
     "VelocityFn",
     "euler_sample",
@@ -162,7 +166,7 @@ def rtc_sample(
             ``None`` means plain :func:`euler_sample` (no gradient at all).
         weights: ``W``, (H,) or (B, H) per-sample (envs with different ``d``), torch or numpy.
         num_steps: Euler steps ``n`` (paper: 5).
-        max_guidance_weight: ``beta`` >= 0 (paper: 5); 0 gives the unguided result.
+        max_guidance_weight: ``beta`` in [0, 100] (paper: 5); 0 gives the unguided result.
         jacobian: ``"vjp"`` (true vector-Jacobian product) or ``"identity"`` (g = e).
 
     Works inside an outer ``torch.inference_mode()``: gradients are enabled locally, only with
@@ -172,8 +176,11 @@ def rtc_sample(
     n = _check_num_steps(num_steps)
     _check_noise(noise)
     beta = float(max_guidance_weight)
-    if not beta >= 0.0 or math.isinf(beta):
-        raise ValueError(f"max_guidance_weight (beta) must be finite and >= 0, got {beta}")
+    if not 0.0 <= beta <= MAX_GUIDANCE_WEIGHT:
+        raise ValueError(
+            f"max_guidance_weight (beta) must be finite and in [0, {MAX_GUIDANCE_WEIGHT:g}], "
+            f"got {beta}"
+        )
     if jacobian not in ("vjp", "identity"):
         raise ValueError(f"jacobian must be 'vjp' or 'identity', got {jacobian!r}")
     if prefix is None:

@@ -19,7 +19,6 @@ on demand. The defaults live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +27,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
-from envactor.chunking.guidance import DEFAULT_MAX_GUIDANCE_WEIGHT, Jacobian
+from envactor.chunking.guidance import DEFAULT_MAX_GUIDANCE_WEIGHT, MAX_GUIDANCE_WEIGHT, Jacobian
 from envactor.chunking.masks import SCHEDULES, Schedule, _weights_cached
 
 __all__ = [
@@ -127,8 +126,11 @@ class GuidanceRequest:
         beta = self.beta
         if isinstance(beta, bool) or not isinstance(beta, int | float | np.floating):
             raise TypeError(f"GuidanceRequest: beta must be a number, got {beta!r}")
-        if not (beta >= 0 and math.isfinite(beta)):
-            raise ValueError(f"GuidanceRequest: beta must be finite and >= 0, got {beta}")
+        if not (0 <= beta <= MAX_GUIDANCE_WEIGHT):
+            raise ValueError(
+                f"GuidanceRequest: beta must be finite and in [0, {MAX_GUIDANCE_WEIGHT:g}], "
+                f"got {beta}"
+            )
         if self.jacobian not in JACOBIANS:
             raise ValueError(
                 f"GuidanceRequest: jacobian must be one of {list(JACOBIANS)}, got {self.jacobian!r}"

@@ -28,6 +28,7 @@ from envactor.policy.boundary import (
     to_numpy,
     to_tensor,
 )
+from envactor.policy.guard import action_bounds, check_finite, guard_guided
 from envactor.policy.history import ObsHistory
 from envactor.policy.modes import ModeEnv
 from envactor.policy.queues import ChunkQueues
@@ -64,6 +65,7 @@ class ActingBoundary:
         _n_obs: int
         _stacks: bool
         _observe_hook: bool
+        guidance_fallbacks: int
 
         @property
         def name(self) -> str: ...
@@ -238,9 +240,11 @@ class ActingBoundary:
         history: ObsHistory | None = None,
         rows: list[int] | None = None,
         scope: str | None = None,
+        samples: int = 1,
     ) -> np.ndarray:
         """Chunks for every row of ``obs`` (with history: every row is recorded in ``history``,
-        default the policy's, and only ``rows`` are predicted when given)."""
+        default the policy's, and only ``rows`` are predicted when given); ``samples > 1``:
+        ``(B, samples, H, A)``, each row repeated (with its env id) after the history."""
         norm = self._normalizer(normalizer)
         fast = self._fast_boundary(norm)
         with self._acting():
@@ -254,6 +258,10 @@ class ActingBoundary:
                 batch = len(ids)
             if scope is not None:
                 ids = _scoped(ids, scope)
+            if samples > 1:  # after the history: each observation is recorded once
+                obs_t = {k: v.repeat_interleave(samples, dim=0) for k, v in obs_t.items()}
+                ids = [e for e in ids for _ in range(samples)]
+                batch *= samples
             chunk = self._chunk(obs_t, ids)
             hook = "_chunk"
             if explore:
@@ -263,6 +271,8 @@ class ActingBoundary:
             if out is None:  # the general path checks the shape (the fast one said no)
                 chunk = self._checked(chunk, batch, hook)
                 out = to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+            if samples > 1:
+                return out.reshape(batch // samples, samples, *out.shape[1:])
             return out
 
     def _guided(
@@ -305,7 +315,34 @@ class ActingBoundary:
             else:
                 chunk, hook = self._blend(obs_t, ids, request, prefix), "_chunk"
             chunk = self._checked(chunk, batch, hook)
+            if guided:
+                chunk = self._guard_guided(chunk, obs_t, ids, norm)
+            else:
+                check_finite(chunk, self.name, hook, ids)
             return to_numpy(norm.unnormalize(ACTION_KEY, chunk))
+
+    def _guard_guided(
+        self,
+        chunk: torch.Tensor,
+        obs: dict[str, torch.Tensor],
+        ids: list[Hashable],
+        norm: Normalizer,
+    ) -> torch.Tensor:
+        """``chunk`` with every row that is non-finite or leaves the action range replaced by
+        the plain sample, clamped to the range (:mod:`envactor.policy.guard`)."""
+        cache = self.__dict__.get("_bounds_cache")
+        if cache is None or cache[0] is not norm or cache[1] != (chunk.device, chunk.dtype):
+            bounds = action_bounds(norm, ACTION_KEY, chunk.device, chunk.dtype)
+            cache = (norm, (chunk.device, chunk.dtype), bounds)
+            self.__dict__["_bounds_cache"] = cache  # plain data: skip Module.__setattr__
+
+        def plain(rows: list[int]) -> torch.Tensor:
+            sub = self._chunk({k: v[rows] for k, v in obs.items()}, [ids[i] for i in rows])
+            return self._checked(sub, len(rows), "_chunk")
+
+        chunk, rows = guard_guided(chunk, cache[2], plain, self.name, ids)
+        self.guidance_fallbacks += len(rows)
+        return chunk
 
     def _blend(
         self,

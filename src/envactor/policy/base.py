@@ -40,6 +40,14 @@ from envactor.weights import LoadReport, load_state_dict_into
 __all__ = ["ACTION_KEY", "EnvIds", "Obs", "Policy", "PolicyError"]
 
 
+def _count(num_samples: object) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise TypeError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
+    return int(num_samples)
+
+
 class Policy(ActingBoundary, nn.Module):
     """Base class of every envactor policy. See the module docstring for the contract.
 
@@ -93,6 +101,9 @@ class Policy(ActingBoundary, nn.Module):
         self._stacks = self._n_obs > 1 and self.stacks_history
         self._observe_hook = type(self)._observe is not Policy._observe
         self._history = ObsHistory(self._n_obs)
+        self.guidance_fallbacks = 0
+        """Guided chunk rows replaced by the plain sample since the policy was made: they were
+        non-finite or left the action range (``envactor.policy.guard``)."""
 
     # ------------------------------------------------------------------ hooks (override these)
     def _chunk(self, obs: dict[str, torch.Tensor], env_ids: EnvIds) -> torch.Tensor:
@@ -154,6 +165,13 @@ class Policy(ActingBoundary, nn.Module):
             self._rngs[env] = gen
             for mode in MODE_SCOPES:  # the views restart from the new seed too
                 self._rngs.pop(ModeEnv(mode, env), None)
+
+    def env_seed(self, env_id: Hashable) -> int | None:
+        """The seed ``set_env_seeds`` last gave ``env_id``'s noise; None when it was never
+        seeded (it then draws from the global torch RNG). Lets a runtime that drives a second
+        policy for the same envs seed it per episode too (the ``bid`` executor's weak policy)."""
+        gen = self._rngs.get(env_id)
+        return None if gen is None else int(gen.initial_seed())
 
     def _randn(self, env_ids: EnvIds, *shape: int) -> torch.Tensor:
         """Standard normal noise ``(B, *shape)``: row b drawn from env ``env_ids[b]``'s generator.
@@ -230,14 +248,22 @@ class Policy(ActingBoundary, nn.Module):
         *,
         env_ids: EnvIds | None = None,
         explore: bool = False,
+        num_samples: int = 1,
     ) -> np.ndarray:
         """Batched observations -> action chunks ``(B, H, A)`` in action units (float32).
 
         ``env_ids`` name the rows (per-env state and noise; default: row indices); ``explore``
         applies ``_explore``. With ``n_obs_steps > 1`` each call is one step of those envs: its
         rows join their histories and ``_chunk`` sees the last ``n_obs_steps`` of them.
+
+        ``num_samples = N > 1`` returns ``(B, N, H, A)``: N chunks per row from one ``_chunk``
+        call over ``B * N`` rows (row b repeated N times, its env id too). The observation
+        enters the history once; an env's N samples draw its noise one after another, so they
+        are independent, and sample j of an env is the same whatever else is in the batch.
         """
-        return self._predict(obs, normalizer, env_ids, explore=explore)
+        if num_samples == 1 and type(num_samples) is int:
+            return self._predict(obs, normalizer, env_ids, explore=explore)
+        return self._predict(obs, normalizer, env_ids, explore, samples=_count(num_samples))
 
     def guided_inference(
         self,

@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from envactor.chunking.guidance import MAX_GUIDANCE_WEIGHT
 from envactor.chunking.masks import SCHEDULES
 from envactor.chunking.request import (
     DEFAULT_SCHEDULE,
@@ -44,9 +45,6 @@ CTRL_KEY = "__ctrl__"
 CONTROL_FRAMES = ("episode_start", "episode_end", "set_seed", "observe")
 RTC_KEYS = ("prev_action", "est_delay", "executed", "rtc")
 DEFAULT_EXECUTOR = "rtc"
-MAX_GUIDANCE_WEIGHT = 100.0
-"""Largest ``max_guidance_weight`` a request may ask for (20 times the default of 5: the weight
-clips guidance, and far above it the guided chunk leaves the action range)."""
 MAX_FRAME_ITEMS = 1 << 19
 """Most list and map entries one frame may hold (524,288; each list or map counts its length plus
 one): a 256 x 256 x 3 image sent as nested lists (262,401 entries) fits; numpy arrays (openpi's
