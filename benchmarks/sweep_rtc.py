@@ -20,7 +20,7 @@ remainder (delay d > 0), numbers in action units:
 Grids: ``guidance`` (rtc: d x beta x Euler steps x schedule, s = max(d, 1)), ``horizon``
 (executors x every admissible s, d <= s <= H - d, at the given delays) and ``executors``
 (executors at s = max(d, 1); ``bid`` once per N in ``--bid-samples`` and weak checkpoint in
-``--weak``, coherence only when none is given). Results are appended to
+``--weak``, ``none`` for coherence only). Results are appended to
 a JSON-lines file as each cell finishes; a re-run skips the cells already there (resumable).
 ``--table`` prints the file as markdown tables.
 
@@ -179,7 +179,8 @@ def cells(args: argparse.Namespace, horizon: int) -> list[dict[str, Any]]:
                 if ex != "bid":
                     out.append(base)
                     continue
-                for n, weak in itertools.product(args.bid_samples, args.weak or [None]):
+                weaks = [None if w == "none" else w for w in args.weak or ["none"]]
+                for n, weak in itertools.product(args.bid_samples, weaks):
                     out.append({**base, "samples": n, "weak": weak})
     return out
 
@@ -239,7 +240,8 @@ def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     for r in rows:
         if r.get("weak"):
-            r["weak"] = Path(r["weak"]).parent.name  # the checkpoint's step folder
+            w = Path(r["weak"])
+            r["weak"] = w.parent.name if w.name == "policy" else w.name  # the step folder
     cols = ["executor", "samples", "weak", "d", "s", "beta", "steps", "schedule", "success",
             "prefix_mean",
             "prefix_max", "seam", "jump", "tail_ref", "tail_plain", "tail_self", "max_abs",
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         "--weak",
         nargs="+",
         default=None,
-        help="bid's weak checkpoints (one cell each; omitted: coherence only)",
+        help="bid's weak checkpoints, one cell each (none: coherence only, the default)",
     )
     p.add_argument("--bid-samples", type=int, nargs="+", default=[8], help="bid's N values")
     p.add_argument("--mode-size", type=int, default=3, help="bid's K")

@@ -238,3 +238,24 @@ def test_no_pid_reuse_confusion_for_own_pid(tmp_path: Path) -> None:
     (tmp_path / f".demo-staging-{os.getpid()}").mkdir()
     clean_stale(tmp_path / "demo")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_demo_bid_uses_an_earlier_checkpoint_and_its_command_reproduces_the_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "runs" / "demo"
+    settings = DemoSettings.quick(out=out, **{**TINY, "executors": ("bid",), "delays": (2,),
+                                              "weak_step": 2, "bid_samples": 3})  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        rows = run_demo(settings, progress=False)
+    weak = out / "train" / "checkpoints" / "step_000002" / "policy"
+    assert build_policy(weak).name == "flow"  # the weak policy: the run's checkpoint at step 2
+    lines = (out / "eval_commands.txt").read_text().splitlines()
+    argv = shlex.split(next(c for c in lines if not c.startswith("#")))
+    opts = [argv[i + 1] for i, a in enumerate(argv) if a == "--executor-opt"]
+    assert opts == ["num_samples=3", "mode_size=3", f"weak={weak}"]
+    capsys.readouterr()
+    assert main([*argv[1:], "--json", "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["summary"]["return_mean"] == rows[0]["return_mean"]
