@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from envactor import build_policy
 from envactor.chunking.request import GuidanceRequest
 from envactor.policy.base import Policy
+from envactor.policy.guard import action_bounds
 from envactor.policy.modes import stack_observations
 from envactor.runtime.actor import VectorActor
 from envactor.runtime.evaluate import make_vector_env
@@ -63,6 +65,8 @@ class Probe:
         self.tail_self: list[float] = []
         self.max_abs = 0.0
         self.nonfinite = 0
+        self.out_of_range = 0
+        self.bounds: tuple[np.ndarray, np.ndarray] | None = None
         self.chunks = 0
 
     def summary(self) -> dict[str, float | int | None]:
@@ -74,7 +78,8 @@ class Probe:
             else None, "seam": mean(self.seam), "jump": mean(self.jump),
             "tail_ref": mean(self.tail_ref), "tail_plain": mean(self.tail_plain),
             "tail_self": mean(self.tail_self), "max_abs": self.max_abs,
-            "nonfinite": self.nonfinite, "chunks": self.chunks,
+            "nonfinite": self.nonfinite, "out_of_range": self.out_of_range,
+            "chunks": self.chunks,
         }  # fmt: skip
 
 
@@ -98,6 +103,10 @@ def probed(cls: type[ChunkExecutor], probe: Probe, reference: Policy | None) -> 
             probe.chunks += len(chunks)
             finite = np.isfinite(chunks).reshape(len(chunks), -1).all(axis=1)
             probe.nonfinite += int((~finite).sum())
+            if probe.bounds is not None:  # the guard's range (envactor.policy.guard), in units
+                lo, hi = probe.bounds
+                outside = ((chunks < lo) | (chunks > hi)).reshape(len(chunks), -1).any(axis=1)
+                probe.out_of_range += int((outside | ~finite).sum())
             if finite.any():
                 probe.max_abs = max(probe.max_abs, float(np.abs(chunks[finite]).max()))
             d, s = self.delay, self.s
@@ -144,6 +153,13 @@ def run_cell(
 ) -> dict[str, Any]:
     """One evaluation with the probe; the row of the results file."""
     probe = Probe()
+    norm = policy.normalizer
+    if norm is not None:
+        bounds = action_bounds(norm, "action", torch.device("cpu"), torch.float64)
+        if bounds is not None:
+            lo, hi = (norm.unnormalize("action", b.numpy()) for b in bounds)
+            probe.bounds = (np.asarray(lo), np.asarray(hi))
+    fallbacks = policy.guidance_fallbacks
     cls = probed(EXECUTORS.get(executor), probe, reference)
     ex = cls(policy, delay=delay, n_action_steps=s, **executor_kwargs)
     envs = make_vector_env(args.task, min(args.num_envs, args.episodes),
@@ -157,7 +173,8 @@ def run_cell(
     return {
         "success": float(np.mean(succ)), "jerk": float(np.mean([m.jerk for m in eps])),
         "return": float(np.mean([m.episode_return for m in eps])), "episodes": len(eps),
-        "wall_s": round(time.perf_counter() - t0, 2), **probe.summary(),
+        "wall_s": round(time.perf_counter() - t0, 2), "guard": not args.no_guard,
+        "fallbacks": policy.guidance_fallbacks - fallbacks, **probe.summary(),
     }  # fmt: skip
 
 
@@ -201,11 +218,13 @@ def sweep(args: argparse.Namespace) -> None:
     policies: dict[int, Policy] = {}
     reference = build_policy(args.ckpt) if args.reference else None
     if reference is not None:
-        import torch
-
         torch.manual_seed(args.seed)
     probe_policy = build_policy(args.ckpt)
     todo = [c for c in cells(args, probe_policy.params.horizon) if key_of(c) not in done]
+    if args.left_range_in:  # only the cells whose chunks left the range in that (raw) run
+        lines = Path(args.left_range_in).read_text().splitlines()
+        left = {key_of(r) for r in map(json.loads, filter(None, lines)) if r.get("out_of_range")}
+        todo = [c for c in todo if key_of(c) in left]
     print(f"{len(todo)} cells to run ({len(done)} already in {out})", flush=True)
     for cell in todo:
         n = cell["steps"]
@@ -245,7 +264,7 @@ def table(path: Path) -> None:
     cols = ["executor", "samples", "weak", "d", "s", "beta", "steps", "schedule", "success",
             "prefix_mean",
             "prefix_max", "seam", "jump", "tail_ref", "tail_plain", "tail_self", "max_abs",
-            "nonfinite", "jerk"]  # fmt: skip
+            "nonfinite", "out_of_range", "fallbacks", "jerk"]  # fmt: skip
     cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
     print("| " + " | ".join(cols) + " |")
     print("| " + " | ".join("---" for _ in cols) + " |")
@@ -286,14 +305,30 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also compare each chunk with prefix-consistent samples (tail_*)",
     )
+    p.add_argument(
+        "--left-range-in",
+        default=None,
+        metavar="FILE",
+        help="run only the cells with out_of_range > 0 in FILE (a --no-guard run)",
+    )
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="guided chunks unchecked, as before the guard (they may explode)",
+    )
     p.add_argument("--table", action="store_true", help="print --out as markdown and exit")
     args = p.parse_args(argv)
     if args.table:
         table(Path(args.out))
         return
-    import torch
-
     torch.set_num_threads(1)
+    if args.no_guard:  # guided chunks as rtc_sample returns them, bounds unchecked (as before)
+        from envactor.policy.acting import ActingBoundary
+
+        def unguarded(self: Any, chunk: Any, obs: Any, ids: Any, norm: Any) -> Any:
+            return chunk
+
+        ActingBoundary._guard_guided = unguarded  # type: ignore[method-assign]
     sweep(args)
 
 

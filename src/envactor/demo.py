@@ -194,7 +194,7 @@ def _run_phases(
 
     spec = task_spec(settings.task)
     env_kwargs = {"action_noise_std": settings.action_noise_std}
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
     t0 = _phase(f"1/3 collect {settings.demo_episodes} expert episodes on {settings.task}")
     data = _collect_phase(settings, spec, work, env_kwargs, progress)
     timings["collect_s"] = time.perf_counter() - t0
@@ -203,7 +203,9 @@ def _run_phases(
     timings["train_s"] = time.perf_counter() - t0
     executors = [e for e in settings.executors if e != "rtc_trained" or settings.train_max_delay]
     t0 = _phase(f"3/3 evaluate {len(executors)} executors x delays {list(settings.delays)}")
-    expert, rows, commands = _evaluate_phase(settings, spec, work, executors, env_kwargs, progress)
+    expert, rows, commands = _evaluate_phase(
+        settings, spec, work, executors, env_kwargs, progress, timings
+    )
     timings["evaluate_s"] = time.perf_counter() - t0
     meta = _meta(settings, data, expert, result, timings, commands)
     write_results(work, rows, meta)
@@ -258,8 +260,10 @@ def _evaluate_phase(
     executors: list[str],
     env_kwargs: dict[str, Any],
     progress: bool,
+    timings: dict[str, Any],
 ) -> tuple[Any, list[dict[str, Any]], list[str]]:
-    """The expert's reference, then every (executor, delay) cell: rows and eval commands."""
+    """The expert's reference, then every (executor, delay) cell: rows and eval commands (the
+    seconds each executor's cells took go to ``timings["evaluate_s_by_executor"]``)."""
     from envactor.policy.build import build_policy
     from envactor.runtime.evaluate import evaluate
 
@@ -276,13 +280,16 @@ def _evaluate_phase(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(grid), desc="evaluate", unit="run")
+    seconds = timings.setdefault("evaluate_s_by_executor", {})
     for executor, delay in grid:
+        t0 = time.perf_counter()
         res = evaluate(
             policy, task, num_envs=settings.num_envs, num_episodes=settings.eval_episodes,
             executor=executor, delay=delay, seed=eval_seed(settings), env_kwargs=env_kwargs,
             n_action_steps=execution_horizon(executor, delay, settings.n_action_steps),
             executor_kwargs=executor_settings(settings, executor, work),
         )  # fmt: skip
+        seconds[executor] = seconds.get(executor, 0.0) + time.perf_counter() - t0
         summary = res.summary()
         rows.append({k: summary[k] for k in COLUMNS})
         commands.append(eval_command(settings, executor, delay))
@@ -299,7 +306,7 @@ def _meta(
     data: Any,
     expert: Any,
     result: Any,
-    timings: dict[str, float],
+    timings: dict[str, Any],
     commands: list[str],
 ) -> dict[str, Any]:
     """``results.json``'s record of the run besides the rows."""
@@ -485,6 +492,7 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             markup=False,
             highlight=False,
         )
-    console.print(f"timings: {', '.join(f'{k} {v:.0f}s' for k, v in meta['timings_s'].items())}")
+    times = {k: v for k, v in meta["timings_s"].items() if isinstance(v, int | float)}
+    console.print(f"timings: {', '.join(f'{k} {v:.0f}s' for k, v in times.items())}")
     if smoke:
         console.print(f"[bold yellow]{SMOKE_NOTE}[/]", highlight=False)

@@ -74,8 +74,9 @@ def guard_guided(
     env_ids: Sequence[Hashable],
 ) -> tuple[torch.Tensor, list[int]]:
     """``chunk`` (B, H, A) with its bad rows (:func:`rows_out_of_bounds`) replaced by
-    ``plain(rows)`` clamped to ``bounds``; returns it and the rows replaced (a warning says
-    which envs). Raises ``PolicyError`` when a plain sample is not finite either."""
+    ``plain(rows)`` clamped to ``bounds``; returns it and the rows replaced (with a
+    ``RuntimeWarning``). Raises ``PolicyError`` naming the envs when a plain sample is not
+    finite either."""
     from envactor.policy.acting import PolicyError
 
     bad = rows_out_of_bounds(chunk, bounds)
@@ -93,12 +94,11 @@ def guard_guided(
         sub = torch.clamp(sub, bounds[0], bounds[1])
     chunk = chunk.clone()
     chunk[rows] = sub.to(chunk.dtype)
-    warnings.warn(
-        f"policy {policy_name!r}: guided sampling left the action range or was not finite for "
-        f"env(s) {envs}; they run the plain sample instead (policy.guidance_fallbacks counts "
-        "them; a smaller max_guidance_weight avoids it)",
+    warnings.warn(  # one text, so Python's filter shows it once, not once per env set
+        f"policy {policy_name!r}: a guided chunk left the action range of the stats or was not "
+        "finite; that env runs the plain sample instead (policy.guidance_fallbacks counts them)",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,  # the caller of guided_inference
     )
     return chunk, rows
 
