@@ -1,17 +1,21 @@
 """Cost of bidirectional decoding (the ``bid`` executor) against N, next to plain sampling and RTC.
 
-One replan of B envs, on the demo's flow policy (its config and sizes, random weights, the
-demo's H = 8, training-time-RTC velocity), times per call of:
+One replan of B envs, on the demo's flow policy (``--ckpt``/``--weak`` checkpoints, e.g. the
+demo's ``runs/demo/policy`` and ``runs/demo/train/checkpoints/step_001000/policy``; without them
+its config and sizes with random weights, whose guided chunks may take the guard's fallback),
+times per call of:
 
 - ``plain``: ``predict`` (one chunk per env: what ``naive_async`` asks for),
 - ``rtc``: ``guided_inference`` with guidance (one backward pass per Euler step),
 - ``bid N``: ``BIDExecutor.infer`` with N candidates per env, backward coherence only,
 - ``bid N + weak``: the same with forward contrast against a weak policy's N samples.
 
-Calls are interleaved round-robin (a change in machine load hits them alike); each figure is
+Calls are interleaved, in a new order each round (a change in machine load hits them alike,
+and no call always follows the largest); each figure is
 the best of ``--repeats`` calls, and the ratios are to ``plain`` of the same run.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_bid.py [--batch 16]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_bid.py [--batch 16] \
+        [--ckpt runs/demo/policy --weak runs/demo/train/checkpoints/step_001000/policy]
 """
 
 from __future__ import annotations
@@ -44,15 +48,19 @@ def demo_flow(seed: int) -> Policy:
 
 
 def best_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time per call in ms of each function, calls interleaved (after warm-up)."""
+    """Best wall time per call in ms of each function, calls interleaved in a new random order
+    each round (after warm-up)."""
     for fn in fns.values():
         for _ in range(3):
             fn()
     best = dict.fromkeys(fns, float("inf"))
+    order = list(fns)
+    rng = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(order)  # no call always runs right after the largest one
+        for name in order:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
     return best
 
@@ -64,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--delay", type=int, default=2, help="d of the remainders")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--ckpt", default=None, help="the policy (default: random demo-sized flow)")
+    p.add_argument("--weak", default=None, help="the weak policy (default: random, another seed)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    strong, weak = demo_flow(0), demo_flow(1)
+    strong = build_policy(args.ckpt) if args.ckpt else demo_flow(0)
+    weak = build_policy(args.weak) if args.weak else demo_flow(1)
     B, (H, A) = args.batch, strong.action_shape
     obs = {S: np.random.default_rng(0).normal(size=(B, 3)).astype(np.float32)}
     ids = list(range(B))

@@ -7,7 +7,8 @@ what it names:
 
 - ``50hz-h16``: ``envactor/PendulumSwingUp50-v0`` with the chunk doubled to H = 16 (s = 8 for
   sync), so that d = 3 is about a fifth of the chunk as in the RTC paper's real-robot setting
-  (H = 50, d about 5) rather than the 20 Hz demo's three eighths; training-time RTC up to d = 4;
+  (H = 50, d about 5) rather than the 20 Hz demo's three eighths. A control step is 20 ms, so
+  the delays go up to d = 8 (160 ms, the 20 Hz demo's d = 3.2), training-time RTC too;
 - ``no-prefix``: the 20 Hz demo trained without training-time RTC (``train_max_delay = 0``): a
   plain flow model, every training example a full chunk, for guided RTC to guide.
 
@@ -32,6 +33,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         horizon=16,
         n_action_steps=8,
         executors=("sync", "naive_async", "rtc", "rtc_trained"),
+        delays=(0, 1, 2, 3, 4, 5, 6, 7, 8),
+        train_max_delay=8,
     ),
     "no-prefix": dict(train_max_delay=0, executors=("naive_async", "rtc")),
 }

@@ -255,6 +255,25 @@ def fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def pivot(path: Path, metric: str) -> None:
+    """``metric`` as a markdown table: a row per setting, a column per d (``a,b``: both)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    delays = sorted({r["d"] for r in rows})
+    ident = ("executor", "samples", "weak", "s", "beta", "steps", "schedule")
+    varying = [k for k in ident if len({str(r.get(k)) for r in rows}) > 1 and k != "s"]
+    if "s" in varying or len({(r["d"], r["s"]) for r in rows}) > len(delays):
+        varying.append("s")
+    groups: dict[tuple[Any, ...], dict[int, Any]] = {}
+    for r in rows:  # "a,b": both, as "a / b"
+        value = " / ".join(fmt(r.get(m)) for m in metric.split(","))
+        groups.setdefault(tuple(r.get(k) for k in varying), {})[r["d"]] = value
+    print("| " + " | ".join(varying + [f"d={d}" for d in delays]) + " |")
+    print("| " + " | ".join("---" for _ in varying + delays) + " |")
+    for key, by_d in groups.items():
+        cells = [fmt(v) for v in key] + [fmt(by_d.get(d)) for d in delays]
+        print("| " + " | ".join(cells) + " |")
+
+
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     for r in rows:
@@ -317,7 +336,16 @@ def main(argv: list[str] | None = None) -> None:
         help="guided chunks unchecked, as before the guard (they may explode)",
     )
     p.add_argument("--table", action="store_true", help="print --out as markdown and exit")
+    p.add_argument(
+        "--pivot",
+        default=None,
+        metavar="METRIC",
+        help="print METRIC of --out as markdown, a column per d, and exit",
+    )
     args = p.parse_args(argv)
+    if args.pivot:
+        pivot(Path(args.out), args.pivot)
+        return
     if args.table:
         table(Path(args.out))
         return
