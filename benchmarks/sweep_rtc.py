@@ -167,6 +167,10 @@ def run_cell(
     t0 = time.perf_counter()
     try:
         eps = VectorActor(policy, ex).run(envs, args.episodes, seed=args.seed)
+    except Exception as exc:  # e.g. --no-guard: a NaN action reached the env and broke it
+        return {"success": None, "error": f"{type(exc).__name__}: {exc}",
+                "wall_s": round(time.perf_counter() - t0, 2), "guard": not args.no_guard,
+                **probe.summary()}  # fmt: skip
     finally:
         envs.close()
     succ = [m.success for m in eps if m.success is not None]
@@ -303,7 +307,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--task", default="envactor/PendulumSwingUp-v0")
     p.add_argument("--delays", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--betas", type=float, nargs="+", default=[1.0, 5.0, 20.0, 100.0])
+    p.add_argument(
+        "--betas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="guidance grid default: 1 5 20 100; others: 5 (the default beta)",
+    )
     p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--schedules", nargs="+", default=["exp", "ones", "zeros"])
     p.add_argument("--executors", nargs="+", default=["naive_async", "rtc", "rtc_trained"])
@@ -343,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         help="print METRIC of --out as markdown, a column per d, and exit",
     )
     args = p.parse_args(argv)
+    if args.betas is None:
+        args.betas = [1.0, 5.0, 20.0, 100.0] if args.grid == "guidance" else [5.0]
     if args.pivot:
         pivot(Path(args.out), args.pivot)
         return

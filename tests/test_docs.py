@@ -237,6 +237,13 @@ OTHER_PROGRAMS = {
     "--params": "benchmarks/bench_broadcast.py",
     "--repeats": "benchmarks/bench_broadcast.py",
     "--frames": "benchmarks/bench_dataset.py",
+    **dict.fromkeys(
+        ["--bid-samples", "--delays", "--executors", "--grid", "--no-guard", "--pivot", "--task"],
+        "benchmarks/sweep_rtc.py",
+    ),
+    "--weak": "benchmarks/bench_bid.py",
+    "--situations": "benchmarks/conditioning_gap.py",
+    "--samples": "benchmarks/conditioning_gap.py",
 }
 # `envactor [--global] SUB ...` in a code span, after .venv/bin/, or at the start of a (code) line
 COMMAND = re.compile(

@@ -59,7 +59,7 @@ class DemoSettings:
     action_noise_std: float = 0.1
     demo_perturb_std: float = 0.5  # recorded expert torque perturbation (N m) in the demos
     train_max_delay: int = 4  # training-time RTC: d in {0..4} per example (0: off)
-    bid_samples: int = 8  # bid: N candidate chunks per replan
+    bid_samples: int = 4  # bid: N candidate chunks per replan (4: the demo stays within +30%)
     bid_mode_size: int = 3  # bid: K, the sizes of forward contrast's positive and negative sets
     weak_step: int = 1000  # bid's weak policy: this training step's checkpoint (0: coherence only)
     overrides: list[str] = field(default_factory=list)

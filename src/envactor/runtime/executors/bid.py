@@ -37,7 +37,7 @@ from envactor.runtime.executors.base import EXECUTORS, ChunkExecutor
 __all__ = ["BIDExecutor", "weak_seed"]
 
 DEFAULT_NUM_SAMPLES = 16
-"""N, candidates per replan (the RTC paper's BID setting)."""
+"""N, candidates per replan (as in the RTC authors' evaluation of BID)."""
 DEFAULT_MODE_SIZE = 3
 """K, the strong and weak samples forward contrast compares each candidate with."""
 
