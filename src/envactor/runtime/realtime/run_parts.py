@@ -82,6 +82,8 @@ def lerobot_robot(args: argparse.Namespace, policy: Any) -> tuple[Any, Any]:
 
 
 def make_recorder(args: argparse.Namespace, robot: Any) -> Any:
+    """The ``--record`` dataset recorder for ``robot``: a LeRobot robot's own features (its
+    motor names), else the features of one observation read now."""
     from envactor.data.format import Feature
     from envactor.runtime.realtime.recorder import DatasetRecorder, observation_features
 
@@ -116,7 +118,7 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
         return 1
     tel = result.runs[-1]
     finished = getattr(sim, "episodes", len(result.runs))
-    report = {
+    summary = {
         "task": args.task or args.robot or args.robot_module,
         "policy": str(args.ckpt),
         **tel.to_dict(),
@@ -128,8 +130,8 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
         "log": [str(f) for f in result.log_files],
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    title = f"envactor run {report['task']}: {policy.name}" + (" (DRY RUN)" if args.dry_run else "")
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    title = f"envactor run {summary['task']}: {policy.name}" + (" (DRY RUN)" if args.dry_run else "")
     table = new_table(title, {"metric": "left", "value": "left"})
     for key, value in tel.rows():
         table.add_row(key, value)
