@@ -131,7 +131,8 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
     }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
-    title = f"envactor run {summary['task']}: {policy.name}" + (" (DRY RUN)" if args.dry_run else "")
+    dry = " (DRY RUN)" if args.dry_run else ""
+    title = f"envactor run {summary['task']}: {policy.name}{dry}"
     table = new_table(title, {"metric": "left", "value": "left"})
     for key, value in tel.rows():
         table.add_row(key, value)
