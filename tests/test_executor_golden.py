@@ -71,9 +71,19 @@ class SkipOne(SyncExecutor):
 PLUGINS: dict[str, type[ChunkExecutor]] = {"late_blend": LateBlend, "skip_one": SkipOne}
 
 
-def build_executor(name: str, policy: Policy, **kwargs: Any) -> ChunkExecutor:
+def build_executor(
+    name: str, policy: Policy, per_env: bool = False, **kwargs: Any
+) -> ChunkExecutor:
     cls = PLUGINS.get(name)
-    return cls(policy, **kwargs) if cls is not None else make_executor(name, policy, **kwargs)
+    if cls is None and not per_env:
+        return make_executor(name, policy, **kwargs)
+    if cls is None:
+        from envactor.runtime.executors import EXECUTORS
+
+        base = EXECUTORS.get(name)  # the same rules, restated: the per-env path runs them
+        cls = type(f"PerEnv{base.__name__}", (base,), {"_wants": base._wants})
+        assert not cls.vectorized
+    return cls(policy, **kwargs)
 
 
 # ---------------------------------------------------------------------------- policies
@@ -170,11 +180,13 @@ def bump_every(policy: Policy, k: int) -> Callable[[], None]:
     return bump
 
 
-def drive(policy_name: str, executor: str, delay: int, s: int) -> dict[str, np.ndarray]:
+def drive(
+    policy_name: str, executor: str, delay: int, s: int, per_env: bool = False
+) -> dict[str, np.ndarray]:
     """STEPS control steps of the four envs in IDS through ``executor`` (closed loop: each
     env's state follows its actions); per step and env: action, version, held, requests."""
     policy = POLICIES[policy_name]()
-    ex = build_executor(executor, policy, delay=delay, n_action_steps=s)
+    ex = build_executor(executor, policy, per_env, delay=delay, n_action_steps=s)
     ex.before_request = bump_every(policy, 3)
     n = len(IDS)
     x = {e: np.array([0.1 * k, -0.2 * k, 0.05 * k], np.float32) for k, e in enumerate(IDS)}
@@ -316,6 +328,23 @@ def test_executor_matches_golden(case: tuple[str, str, int, int], golden: dict) 
     for field, value in drive(*case).items():
         want = golden[f"exec_{field}"][row]
         np.testing.assert_array_equal(value, want, err_msg=f"{key}: {field}")
+
+
+PER_ENV_CASES = [c for c in executor_cases() if c[1] not in PLUGINS and c[2] in (0, 2, 5)]
+
+
+@pytest.mark.parametrize("case", PER_ENV_CASES, ids=lambda c: case_key(*c))
+def test_per_env_rules_of_the_builtins_match_golden(
+    case: tuple[str, str, int, int],
+    golden: dict,  # type: ignore[type-arg]
+) -> None:
+    """The per-env form of each built-in's rules (what the real-time controller drives, and
+    the path of plugins) gives the same numbers as the array form."""
+    key = case_key(*case)
+    row = list(golden["exec_keys"]).index(key)
+    for field, value in drive(*case, per_env=True).items():
+        want = golden[f"exec_{field}"][row]
+        np.testing.assert_array_equal(value, want, err_msg=f"{key} (per env): {field}")
 
 
 @pytest.mark.parametrize("case", list(ACTOR_CASES))
