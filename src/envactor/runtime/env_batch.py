@@ -213,11 +213,12 @@ class VectorEnvBatch(EnvBatch):
 
     def send(self, rows: np.ndarray, actions: np.ndarray) -> None:
         self._last[rows] = np.asarray(actions)  # cast into the action space's dtype
-        idle = self._finished.copy()
-        idle[rows] = False
-        if idle.any():  # finished envs with no episode left still step with the others
-            self.envs.reset(options={"reset_mask": idle})
-            self._finished &= ~idle
+        if self._finished.any():
+            idle = self._finished.copy()
+            idle[rows] = False
+            if idle.any():  # finished envs with no episode left still step with the others
+                self.envs.reset(options={"reset_mask": idle})
+                self._finished &= ~idle
         if self.overlaps:
             self.envs.step_async(self._last.copy())  # type: ignore[attr-defined]
 

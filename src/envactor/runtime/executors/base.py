@@ -101,10 +101,17 @@ class ChunkExecutor:
     holds_while_waiting: ClassVar[bool] = False
     vectorized: ClassVar[bool] = True
     _slot_rules: ClassVar[bool] = True  # this class gives the array form of its rules
+    _first_action_now: ClassVar[bool] = True
+    """A chunk installed at the step it was asked starts at index 0 and its first action runs
+    at once (the base rules and sync's): the step then skips ``_next_actions``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.vectorized = _has_array_rules(cls)
+        if "_first_action_now" not in cls.__dict__ and (
+            "_next_actions" in cls.__dict__ or "_start_slots" in cls.__dict__
+        ):
+            cls._first_action_now = False  # array rules of its own: no shortcut
 
     def __init__(
         self,
@@ -218,7 +225,8 @@ class ChunkExecutor:
         job = self._deferred
         if job is not None:
             self._deferred = None
-            self._run(*job)
+            rows, ids, batch, request, where = job
+            self._fill_slots(rows, self._call(batch, ids, request), where)
 
     def reset(self, env_ids: Sequence[EnvId] | None = None) -> None:
         """Forget the state of ``env_ids`` only (all when None), policy per-env state included."""
@@ -281,7 +289,15 @@ class ChunkExecutor:
         if k == n:  # every env asks: the batch as given (a copy when the call may wait)
             take = np.array if defer else np.asarray
             rows = sel if order is None else slots
-            self._ask(rows, ids, {key: take(obs[key]) for key in keys}, defer)
+            chunks = self._ask(rows, ids, {key: take(obs[key]) for key in keys}, defer)
+            if chunks is not None and self._first_action_now:
+                # each env runs its new chunk's first action now (its _next_action does so)
+                arr.idx[rows] = 1
+                arr.action_version[rows] = arr.version[rows]
+                actions = chunks[:, 0]
+                arr.last[rows] = actions
+                arr.t[rows] += 1
+                return actions.copy()
         elif k:
             pos = np.flatnonzero(asking)
             batch = {key: np.asarray(obs[key])[pos] for key in keys}
@@ -298,31 +314,40 @@ class ChunkExecutor:
         arr.t[sel] += 1
         return actions if order is None else actions[order]
 
-    def _ask(self, rows: Selection, ids: list[EnvId], batch: dict[str, Any], defer: bool) -> None:
+    def _ask(
+        self, rows: Selection, ids: list[EnvId], batch: dict[str, Any], defer: bool
+    ) -> np.ndarray | None:
         """Request chunks for slots ``rows`` (in the order of ``ids``): in flight from now,
-        made now or, with ``defer`` and none of them due at this step, at :meth:`flush`."""
+        made now or, with ``defer`` and none of them due at this step, at :meth:`flush`.
+        Returns the chunks when every one of them was installed at once."""
         if self.before_request is not None:
             self.before_request()
         version = int(self.policy.weight_version)
         arr = self._arr
-        fresh = self._fresh_slots(rows)
-        ready = arr.t[rows] + np.where(fresh, 0, self.delay)
+        fresh = self._fresh_slots(rows) if self.delay else None
         request = None
         if self.method is not None:
             delays = np.where(arr.has_chunk[rows], self.delay, 0).tolist()
             request = self.guidance(self._remainder_slots(rows), delays)
-        where = self._pend_slots(rows, ready, version)
-        self._in_flight += len(ids)
-        arr.requests[rows] += 1
-        if defer and self.delay > 0 and not fresh.any():
-            self._deferred = (rows, ids, batch, request, where)
+        if fresh is None or fresh.all():  # every chunk is due now: installed as it comes
+            chunks = self._call(batch, ids, request)
+            self._install_slots(rows, chunks, version)
+            arr.requests[rows] += 1
+            return chunks
         else:
-            self._run(rows, ids, batch, request, where)
-            self._in_flight -= self._deliver_slots(rows)
+            ready = arr.t[rows] + np.where(fresh, 0, self.delay)
+            where = self._pend_slots(rows, ready, version)
+            self._in_flight += len(ids)
+            if defer and not fresh.any():
+                self._deferred = (rows, ids, batch, request, where)
+            else:
+                self._fill_slots(rows, self._call(batch, ids, request), where)
+                self._in_flight -= self._deliver_slots(rows)
+        arr.requests[rows] += 1
+        return None
 
-    def _run(
-        self, rows: Selection, ids: list[EnvId], batch: dict[str, Any], request: Any, where: Any
-    ) -> None:
+    def _call(self, batch: dict[str, Any], ids: list[EnvId], request: Any) -> np.ndarray:
+        """The policy call (``infer``), its chunks checked."""
         chunks = np.asarray(self.infer(batch, ids, request))
         want = (len(ids), self.horizon, self.action_dim)
         if chunks.shape != want:
@@ -332,7 +357,7 @@ class ChunkExecutor:
             )
         if chunks.dtype != self._arr.last.dtype:
             self._arr.take_dtype(chunks.dtype)
-        self._fill_slots(rows, chunks, where)
+        return chunks
 
     def _new_arrays(self) -> SlotArrays:
         fields, actions = self._slot_fields()
@@ -386,6 +411,15 @@ class ChunkExecutor:
     def _fill_slots(self, rows: Selection, chunks: np.ndarray, where: Any) -> None:
         self._arr.pend_chunk[rows] = chunks
 
+    def _install_slots(self, rows: Selection, chunks: np.ndarray, version: int) -> None:
+        """Install ``chunks`` asked at this very step (they are due now): what
+        ``_pend_slots`` + ``_fill_slots`` + ``_deliver_slots`` would do, in one go."""
+        arr = self._arr
+        arr.chunk[rows] = chunks
+        arr.version[rows] = version
+        arr.idx[rows] = self._start_slots(rows, arr.t[rows])
+        arr.has_chunk[rows] = True
+
     def _in_flight_slots(self, rows: np.ndarray) -> int:
         """How many chunks are in flight for slots ``rows``."""
         return int(np.count_nonzero(self._arr.pend[rows]))
@@ -401,14 +435,14 @@ class ChunkExecutor:
         rows = sel if count == len(due) else rows_of(sel)[due]
         arr.chunk[rows] = arr.pend_chunk[rows]
         arr.version[rows] = arr.pend_version[rows]
-        arr.idx[rows] = self._start_slots(rows)
+        arr.idx[rows] = self._start_slots(rows, arr.pend_t0[rows])
         arr.has_chunk[rows] = True
         arr.pend[rows] = False
         return count
 
-    def _start_slots(self, rows: Selection) -> np.ndarray | int:
-        """``_start_index`` of slots ``rows`` whose chunk in flight is being installed."""
-        return self._arr.t[rows] - self._arr.pend_t0[rows]
+    def _start_slots(self, rows: Selection, t0: np.ndarray) -> np.ndarray | int:
+        """``_start_index`` of slots ``rows`` installing chunks asked at steps ``t0``."""
+        return self._arr.t[rows] - t0
 
     def _next_actions(self, sel: Selection) -> tuple[np.ndarray, np.ndarray]:
         """``_next_action`` of slots ``sel``: the actions ``(n, A)`` and where they are valid

@@ -17,6 +17,7 @@ class SyncExecutor(ChunkExecutor):
     name = "sync"
     holds_while_waiting = True
     _slot_rules = True
+    _first_action_now = True  # a new chunk runs from index 0, nothing in flight
 
     def _start_index(self, st: EnvState, p: Pending) -> int:
         return 0
@@ -32,7 +33,7 @@ class SyncExecutor(ChunkExecutor):
         return False  # holding while the next chunk is computed is the rule, not a miss
 
     # the same rules over slots
-    def _start_slots(self, rows: Selection) -> int:
+    def _start_slots(self, rows: Selection, t0: np.ndarray) -> int:
         return 0
 
     def _next_actions(self, sel: Selection) -> tuple[np.ndarray, np.ndarray]:

@@ -91,6 +91,11 @@ class TemporalEnsembleExecutor(ChunkExecutor):
     def _fill_slots(self, rows: Selection, chunks: np.ndarray, where: Any) -> None:
         self._arr.ring_chunk[rows_of(rows), where] = chunks
 
+    def _install_slots(self, rows: Selection, chunks: np.ndarray, version: int) -> None:
+        where = self._pend_slots(rows, self._arr.t[rows], version)
+        self._fill_slots(rows, chunks, where)
+        self._deliver_slots(rows)
+
     def _in_flight_slots(self, rows: np.ndarray) -> int:
         return int(np.count_nonzero(self._arr.ring_state[rows] == IN_FLIGHT))
 
