@@ -220,5 +220,5 @@ def _act_overridden(ex: ChunkExecutor) -> bool:
 
 
 def _act_by_dict(ex: ChunkExecutor, ids: list[Hashable], obs: dict[str, np.ndarray]) -> np.ndarray:
-    out = ex.act({e: {k: v[j] for k, v in obs.items()} for j, e in enumerate(ids)})
+    out = ex.act({e: {k: np.array(v[j]) for k, v in obs.items()} for j, e in enumerate(ids)})
     return np.stack([np.asarray(out[e]) for e in ids])

@@ -56,6 +56,11 @@ class StepArrays:
     terminated: np.ndarray  # (N,) bool
     truncated: np.ndarray  # (N,) bool
     info: Callable[[int], dict[str, Any]]
+    ended: np.ndarray | None = None  # terminated | truncated (computed when not given)
+
+    def __post_init__(self) -> None:
+        if self.ended is None:
+            self.ended = self.terminated | self.truncated
 
 
 def _rows_to_arrays(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -228,10 +233,11 @@ class VectorEnvBatch(EnvBatch):
         else:
             obs, rew, term, trunc, info = self.envs.step(self._last.copy())
         term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
-        self._finished |= term | trunc
+        ended = term | trunc
+        self._finished |= ended
         batched = {k: np.asarray(v) for k, v in self.adapt(obs).items()}  # once for the batch
         return StepArrays(
-            batched, np.asarray(rew, np.float64), term, trunc, lambda i: _info_row(info, i)
+            batched, np.asarray(rew, np.float64), term, trunc, lambda i: _info_row(info, i), ended
         )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ class EpisodeBook:
         self._pos: np.ndarray | None = None
         self._ids: list[Hashable] = []
         self._all = False  # every env runs, in position order: slices instead of gathers
+        self._longest = 0  # the longest running episode so far, in steps
         self._steps = 0  # room along time in the per-step buffers
         self.actions: np.ndarray | None = None  # (N, T, A) float64
         self.seen: dict[str, np.ndarray] = {}  # record: observations (N, T, ...)
@@ -42,7 +43,11 @@ class EpisodeBook:
         return self._pos, self._ids
 
     def observations(self, pos: np.ndarray) -> dict[str, np.ndarray]:
-        """The last observation of the envs at ``pos`` (copies, row j for ``pos[j]``)."""
+        """The last observation of the envs at ``pos`` (row j for ``pos[j]``): the stored
+        arrays themselves when every env runs in position order (valid until :meth:`step`),
+        else copies."""
+        if self._all:
+            return dict(self.obs)
         return {k: v[pos] for k, v in self.obs.items()}
 
     def begin(self, positions: Iterable[int]) -> list[int]:
@@ -75,7 +80,7 @@ class EpisodeBook:
         whose episode ended, in executor order."""
         sel: slice | np.ndarray = slice(None) if self._all else pos
         t = self.length[sel]
-        self._room(int(t.max()) + 1, actions, obs)
+        self._room(self._longest + 1, actions, obs)
         assert self.actions is not None
         self.actions[pos, t] = actions
         reward = res.reward[sel]
@@ -89,7 +94,9 @@ class EpisodeBook:
         self.length[sel] += 1
         for k, store in self.obs.items():
             store[sel] = res.obs[k][sel]
-        ended = res.terminated[sel] | res.truncated[sel]
+        assert res.ended is not None
+        ended = res.ended[sel]
+        self._longest += 1
         return pos[ended].tolist() if ended.any() else []
 
     def end(self, positions: list[int]) -> None:
@@ -97,6 +104,7 @@ class EpisodeBook:
         gone = set(positions)
         self.order = [p for p in self.order if p not in gone]
         self._pos = None
+        self._longest = int(self.length[self.order].max()) if self.order else 0
 
     def episode_actions(self, p: int) -> np.ndarray:
         """Env ``p``'s actions this episode ``(T, A)`` (float64, exactly as executed)."""

@@ -193,7 +193,7 @@ class ChunkExecutor:
         if not self.vectorized:
             return dict(zip(ids, act_per_env(self, ids, [obs[e] for e in ids])))
         _, batch = stack_observations(obs, self._keys())
-        return dict(zip(ids, self._act_arrays(ids, batch, defer=False)))
+        return dict(zip(ids, self._act_arrays(ids, batch, False, self._keys())))
 
     def act_batch(
         self, env_ids: Sequence[EnvId], obs: Mapping[str, Any], *, defer: bool = False
@@ -212,13 +212,14 @@ class ChunkExecutor:
         if not self.vectorized:
             rows = [{k: v[j] for k, v in obs.items()} for j in range(len(ids))]
             return np.stack(act_per_env(self, ids, rows))
-        missing = [k for k in self._keys() if k not in obs]
+        keys = self._keys()
+        missing = [k for k in keys if k not in obs]
         if missing:
             raise KeyError(
                 f"executor {self.name!r}: observations are missing keys {missing}; expected the "
-                f"policy's input features {self._keys()}, got {sorted(obs)}"
+                f"policy's input features {keys}, got {sorted(obs)}"
             )
-        return self._act_arrays(ids, obs, defer)
+        return self._act_arrays(ids, obs, defer, keys)
 
     def flush(self) -> None:
         """Run the policy call that :meth:`act_batch` deferred, if any."""
@@ -272,7 +273,9 @@ class ChunkExecutor:
         return {"held_steps": int(arr.held[slot]), "requests": int(arr.requests[slot])}
 
     # ------------------------------------------------------------------ the array path
-    def _act_arrays(self, ids: list[EnvId], obs: Mapping[str, Any], defer: bool) -> np.ndarray:
+    def _act_arrays(
+        self, ids: list[EnvId], obs: Mapping[str, Any], defer: bool, keys: list[str]
+    ) -> np.ndarray:
         slots, sel, order = self._table.lookup(ids)
         arr = self._arr
         arr.ensure(self._table.size)
@@ -281,7 +284,6 @@ class ChunkExecutor:
         wants = self._wants_slots(sel)
         asking = wants if order is None else wants[order]  # in the order of ids
         n, k = len(ids), int(np.count_nonzero(asking))
-        keys = self._keys()
         if self._observes and k < n:
             quiet = np.flatnonzero(~asking)
             frames = {key: np.asarray(obs[key])[quiet] for key in keys}
