@@ -53,6 +53,7 @@ __all__ = ["EXECUTORS", "ChunkExecutor", "EnvId", "EnvState", "Pending", "make_e
 
 EnvId = Hashable
 Fields = dict[str, tuple[tuple[int, ...], Any, Any]]
+RowsOf = Callable[[np.ndarray | None, bool], dict[str, np.ndarray]]
 
 # third-party executors: an `envactor.executors` entry point `name = "module:Class"`
 EXECUTORS: Registry[type[ChunkExecutor]] = Registry(
@@ -192,8 +193,13 @@ class ChunkExecutor:
             return {}
         if not self.vectorized:
             return dict(zip(ids, act_per_env(self, ids, [obs[e] for e in ids])))
-        _, batch = stack_observations(obs, self._keys())
-        return dict(zip(ids, self._act_arrays(ids, batch, False, self._keys())))
+        keys = self._keys()
+
+        def take(pos: np.ndarray | None, copy: bool) -> dict[str, np.ndarray]:
+            chosen = ids if pos is None else [ids[j] for j in pos]
+            return stack_observations({e: obs[e] for e in chosen}, keys)[1]
+
+        return dict(zip(ids, self._act_arrays(ids, take, False)))
 
     def act_batch(
         self, env_ids: Sequence[EnvId], obs: Mapping[str, Any], *, defer: bool = False
@@ -219,7 +225,13 @@ class ChunkExecutor:
                 f"executor {self.name!r}: observations are missing keys {missing}; expected the "
                 f"policy's input features {keys}, got {sorted(obs)}"
             )
-        return self._act_arrays(ids, obs, defer, keys)
+
+        def take(pos: np.ndarray | None, copy: bool) -> dict[str, np.ndarray]:
+            if pos is None:  # all of them: as given, or a copy when the policy call may wait
+                return {k: np.array(obs[k]) if copy else np.asarray(obs[k]) for k in keys}
+            return {k: np.asarray(obs[k])[pos] for k in keys}
+
+        return self._act_arrays(ids, take, defer)
 
     def flush(self) -> None:
         """Run the policy call that :meth:`act_batch` deferred, if any."""
@@ -273,9 +285,9 @@ class ChunkExecutor:
         return {"held_steps": int(arr.held[slot]), "requests": int(arr.requests[slot])}
 
     # ------------------------------------------------------------------ the array path
-    def _act_arrays(
-        self, ids: list[EnvId], obs: Mapping[str, Any], defer: bool, keys: list[str]
-    ) -> np.ndarray:
+    def _act_arrays(self, ids: list[EnvId], rows_of: RowsOf, defer: bool) -> np.ndarray:
+        """One step over slots; ``rows_of(positions or None for all, copy)`` gives the
+        observations of those of ``ids`` (the policy's keys, batched)."""
         slots, sel, order = self._table.lookup(ids)
         arr = self._arr
         arr.ensure(self._table.size)
@@ -286,12 +298,10 @@ class ChunkExecutor:
         n, k = len(ids), int(np.count_nonzero(asking))
         if self._observes and k < n:
             quiet = np.flatnonzero(~asking)
-            frames = {key: np.asarray(obs[key])[quiet] for key in keys}
-            self.policy.observe(frames, env_ids=[ids[j] for j in quiet])
-        if k == n:  # every env asks: the batch as given (a copy when the call may wait)
-            take = np.array if defer else np.asarray
+            self.policy.observe(rows_of(quiet, False), env_ids=[ids[j] for j in quiet])
+        if k == n:  # every env asks
             rows = sel if order is None else slots
-            chunks = self._ask(rows, ids, {key: take(obs[key]) for key in keys}, defer)
+            chunks = self._ask(rows, ids, rows_of(None, defer), defer)
             if chunks is not None and self._first_action_now:
                 # each env runs its new chunk's first action now (its _next_action does so)
                 arr.idx[rows] = 1
@@ -302,8 +312,7 @@ class ChunkExecutor:
                 return actions.copy()
         elif k:
             pos = np.flatnonzero(asking)
-            batch = {key: np.asarray(obs[key])[pos] for key in keys}
-            self._ask(slots[pos], [ids[j] for j in pos], batch, defer)
+            self._ask(slots[pos], [ids[j] for j in pos], rows_of(pos, defer), defer)
         actions, valid = self._next_actions(sel)
         if valid.all():
             arr.action_version[sel] = arr.version[sel]
