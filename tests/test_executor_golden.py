@@ -360,7 +360,8 @@ def test_golden_covers_every_builtin_and_is_not_trivial(golden: dict) -> None:  
 
     keys = [str(k) for k in golden["exec_keys"]]
     assert keys == [case_key(*c) for c in executor_cases()]
-    assert set(EXECUTORS.names()) <= {k.split("/")[1] for k in keys} | {"half_chunk"}
+    builtins = [n for n in EXECUTORS.names() if EXECUTORS.get(n).__module__.startswith("envactor.")]
+    assert set(builtins) == {*BUILTINS, "rtc_trained"} <= {k.split("/")[1] for k in keys}
     # the cases differ: d, s and the executor show in the actions (equal where they must be:
     # at d = 0 naive_async, blend and rtc all switch at once)
     actions = golden["exec_actions"]

@@ -53,7 +53,7 @@ __all__ = ["EXECUTORS", "ChunkExecutor", "EnvId", "EnvState", "Pending", "make_e
 
 EnvId = Hashable
 Fields = dict[str, tuple[tuple[int, ...], Any, Any]]
-RowsOf = Callable[[np.ndarray | None, bool], dict[str, np.ndarray]]
+RowsOf = Callable[[np.ndarray | None], dict[str, np.ndarray]]
 
 # third-party executors: an `envactor.executors` entry point `name = "module:Class"`
 EXECUTORS: Registry[type[ChunkExecutor]] = Registry(
@@ -195,7 +195,7 @@ class ChunkExecutor:
             return dict(zip(ids, act_per_env(self, ids, [obs[e] for e in ids])))
         keys = self._keys()
 
-        def take(pos: np.ndarray | None, copy: bool) -> dict[str, np.ndarray]:
+        def take(pos: np.ndarray | None) -> dict[str, np.ndarray]:
             chosen = ids if pos is None else [ids[j] for j in pos]
             return stack_observations({e: obs[e] for e in chosen}, keys)[1]
 
@@ -226,9 +226,9 @@ class ChunkExecutor:
                 f"policy's input features {keys}, got {sorted(obs)}"
             )
 
-        def take(pos: np.ndarray | None, copy: bool) -> dict[str, np.ndarray]:
-            if pos is None:  # all of them: as given, or a copy when the policy call may wait
-                return {k: np.array(obs[k]) if copy else np.asarray(obs[k]) for k in keys}
+        def take(pos: np.ndarray | None) -> dict[str, np.ndarray]:
+            if pos is None:  # the policy gets arrays of its own, as from act()
+                return {k: np.array(obs[k]) for k in keys}
             return {k: np.asarray(obs[k])[pos] for k in keys}
 
         return self._act_arrays(ids, take, defer)
@@ -285,9 +285,9 @@ class ChunkExecutor:
         return {"held_steps": int(arr.held[slot]), "requests": int(arr.requests[slot])}
 
     # ------------------------------------------------------------------ the array path
-    def _act_arrays(self, ids: list[EnvId], rows_of: RowsOf, defer: bool) -> np.ndarray:
-        """One step over slots; ``rows_of(positions or None for all, copy)`` gives the
-        observations of those of ``ids`` (the policy's keys, batched)."""
+    def _act_arrays(self, ids: list[EnvId], take: RowsOf, defer: bool) -> np.ndarray:
+        """One step over slots; ``take(positions, or None for all)`` gives the observations
+        of those of ``ids`` (the policy's keys, batched, arrays of their own)."""
         slots, sel, order = self._table.lookup(ids)
         arr = self._arr
         arr.ensure(self._table.size)
@@ -298,10 +298,10 @@ class ChunkExecutor:
         n, k = len(ids), int(np.count_nonzero(asking))
         if self._observes and k < n:
             quiet = np.flatnonzero(~asking)
-            self.policy.observe(rows_of(quiet, False), env_ids=[ids[j] for j in quiet])
+            self.policy.observe(take(quiet), env_ids=[ids[j] for j in quiet])
         if k == n:  # every env asks
             rows = sel if order is None else slots
-            chunks = self._ask(rows, ids, rows_of(None, defer), defer)
+            chunks = self._ask(rows, ids, take(None), defer)
             if chunks is not None and self._first_action_now:
                 # each env runs its new chunk's first action now (its _next_action does so)
                 arr.idx[rows] = 1
@@ -312,7 +312,7 @@ class ChunkExecutor:
                 return actions.copy()
         elif k:
             pos = np.flatnonzero(asking)
-            self._ask(slots[pos], [ids[j] for j in pos], rows_of(pos, defer), defer)
+            self._ask(slots[pos], [ids[j] for j in pos], take(pos), defer)
         actions, valid = self._next_actions(sel)
         if valid.all():
             arr.action_version[sel] = arr.version[sel]
