@@ -16,7 +16,10 @@ weight ``max_guidance_weight`` must lie in ``[0, MAX_GUIDANCE_WEIGHT]`` (100; th
 Frames are decoded with a budget (:func:`decode_frame`): at most ``MAX_FRAME_ITEMS`` list and map
 entries in all, so a frame of nested lists (millions of small integers fit in a few MB) is
 refused after a bounded amount of work instead of being built and converted in full. Arrays
-travel as openpi's ndarray maps, which cost one entry each whatever their size.
+travel as openpi's ndarray maps, which cost one entry each whatever their size. A frame too
+small to hold that many entries is decoded without the count. ``RequestParser`` holds a
+policy's checks prepared once (a server makes one when it starts); ``parse_observation`` and
+``parse_request`` make one per call.
 """
 
 from __future__ import annotations
@@ -330,8 +333,12 @@ def _rtc_options(msg: Mapping[str, Any], parser: RequestParser | None = None) ->
                 f"rtc[{name!r}]: expected one of {list(allowed)}, got {opts[name]!r}",
             )
     executor = opts.get("executor", DEFAULT_EXECUTOR)
-    if not (parser.known_executor(executor) if parser else executor in EXECUTORS.names()):
-        known = parser.executor_names() if parser else EXECUTORS.names()
+    if parser is None:
+        known_name = executor in EXECUTORS.names()
+    else:
+        known_name = parser.known_executor(executor)
+    if not known_name:
+        known = EXECUTORS.names() if parser is None else parser.executor_names()
         raise RequestError(
             "RequestError", f"rtc['executor']: expected one of {known}, got {executor!r}"
         )

@@ -70,8 +70,8 @@ def _encode(obj: Any) -> Any:
     """msgpack ``default`` hook: ndarray / numpy scalar -> the openpi map; anything else refused."""
     if isinstance(obj, np.ndarray):
         name = _WIRE_STR.get(obj.dtype)
-        if name is None:
-            _allowed(obj.dtype, "encode ndarray")  # raises: says which dtype and why
+        if name is None:  # refused (the error says which dtype and why), or an unusual alias
+            name = _allowed(obj.dtype, "encode ndarray").str
         return {_ND: True, b"data": obj.tobytes(), b"dtype": name, b"shape": obj.shape}
     if isinstance(obj, np.generic):
         dtype = _allowed(obj.dtype, "encode numpy scalar")
