@@ -237,6 +237,7 @@ OTHER_PROGRAMS = {
     "--params": "benchmarks/bench_broadcast.py",
     "--repeats": "benchmarks/bench_broadcast.py",
     "--frames": "benchmarks/bench_dataset.py",
+    "--openpi-server": "benchmarks/bench_server.py",
 }
 # `envactor [--global] SUB ...` in a code span, after .venv/bin/, or at the start of a (code) line
 COMMAND = re.compile(
