@@ -58,10 +58,10 @@ def lerobot_robot(args: argparse.Namespace, policy: Any) -> tuple[Any, Any]:
 
     stats = policy.normalizer.stats.get("action", {}) if policy.normalizer is not None else {}
     limits = limits_from_stats(stats, args.limit_margin)
-    lerobot = make_robot(args.robot, args.robot_module, args.robot_opt)
+    robot = LeRobotRobot(make_robot(args.robot, args.robot_module, args.robot_opt))
+    unused = check_robot_fits(policy, robot)  # before the limits: a mismatch names both sides
     delta = args.max_delta
     if limits is None:
-        robot = LeRobotRobot(lerobot)
         print(
             "envactor run: warning: the checkpoint has no action stats (min/max or q01/q99): "
             "actions are not clipped (only the robot's own limits apply)",
@@ -70,12 +70,11 @@ def lerobot_robot(args: argparse.Namespace, policy: Any) -> tuple[Any, Any]:
         delta = None if delta == AUTO else delta
     else:
         low, high, which = limits
-        robot = LeRobotRobot(lerobot, low=low, high=high)
+        robot.set_limits(low, high)
         print(f"action limits: {which} of the checkpoint's actions +/- {args.limit_margin:g} "
               f"of the range: low {np.round(low, 4).tolist()}, "
               f"high {np.round(high, 4).tolist()}")  # fmt: skip
         delta = auto_max_delta(low, high) if delta == AUTO else delta
-    unused = check_robot_fits(policy, robot)
     if unused:
         print(f"robot features the policy does not read (recorded, not used): {unused}")
     return robot, delta
