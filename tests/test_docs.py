@@ -237,6 +237,7 @@ OTHER_PROGRAMS = {
     "--params": "benchmarks/bench_broadcast.py",
     "--repeats": "benchmarks/bench_broadcast.py",
     "--frames": "benchmarks/bench_dataset.py",
+    "--openpi-server": "benchmarks/bench_server.py",
     **dict.fromkeys(
         ["--bid-samples", "--delays", "--executors", "--grid", "--no-guard", "--pivot", "--task"],
         "benchmarks/sweep_rtc.py",

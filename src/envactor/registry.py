@@ -12,6 +12,7 @@ import difflib
 import importlib
 import importlib.metadata
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -152,8 +153,19 @@ class Registry(Generic[T]):
             return
 
 
+_ENTRY_POINTS: dict[tuple[str, tuple[str, ...]], list[importlib.metadata.EntryPoint]] = {}
+
+
 def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
-    return list(importlib.metadata.entry_points(group=group))
+    """The entry points of ``group``, scanned once per ``sys.path`` (a scan reads every
+    installed distribution's metadata: milliseconds, too slow for a per-request lookup). A
+    folder added to ``sys.path`` is scanned when next asked; a package installed into a
+    folder already on it while the process runs is seen by the next process."""
+    key = (group, tuple(sys.path))
+    found = _ENTRY_POINTS.get(key)
+    if found is None:
+        found = _ENTRY_POINTS[key] = list(importlib.metadata.entry_points(group=group))
+    return found
 
 
 def _submodules(package: str) -> list[str]:

@@ -201,10 +201,17 @@ def test_mismatched_features_are_refused_before_connecting(
 ) -> None:  # type: ignore[no-untyped-def]
     code, bot = run(Path("flow"), "-o", "policy.params.action_dim=2")  # untrained, A = 2
     assert code == 2 and bot.connects == 0
-    warning, err = capsys.readouterr().err.strip().splitlines()  # untrained: no action stats
-    assert "actions are not clipped" in warning and err.startswith("envactor run: error: ")
+    (err,) = capsys.readouterr().err.strip().splitlines()  # one line, before anything else
+    assert err.startswith("envactor run: error: ")
     assert "does not fit policy" in err and "the policy outputs 2 values" in err
     assert "Robot gives: {'observation.state': 'float32 (3,)'" in err
+
+    act = Path(__file__).parent.parent / "fixtures" / "lerobot" / "act"  # stats for A = 4
+    code, bot = run(act)
+    assert code == 2 and bot.connects == 0
+    err = capsys.readouterr().err
+    assert "observation.environment_state: the policy reads float32 (4,), the robot gives no" in err
+    assert "action: the policy outputs 4 values, the robot takes 1 ['pendulum.torque']" in err
 
     renamed = {"observation.state": {"shape": [3], "norm": "mean_std", "names": ["b", "a", "c"]}}
     policy = build_policy(

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from envactor.policy.base import Policy
-from envactor.runtime.env_batch import EnvBatch, ObsAdapter, as_env_batch
+from envactor.runtime.env_batch import EnvBatch, ObsAdapter, StepArrays, as_env_batch
+from envactor.runtime.episodes import EpisodeBook
 from envactor.runtime.executors import ChunkExecutor, make_executor
 
 
@@ -54,24 +55,6 @@ class EpisodesStarted:
     """Episodes (ids) that just started on free envs (``VectorActor.stream``)."""
 
     episodes: list[int]
-
-
-@dataclass
-class _Running:
-    episode: int
-    seed: int
-    ret: float = 0.0
-    actions: list[np.ndarray] = field(default_factory=list)
-    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-
-    def trajectory(self) -> dict[str, np.ndarray]:
-        out = {k: np.stack([o[k] for o in self.observations]) for k in self.observations[0]}
-        out["action"] = np.stack(self.actions).astype(np.float32)
-        out["reward"] = np.asarray(self.rewards, dtype=np.float32)
-        out["weight_version"] = np.asarray(self.versions, dtype=np.int64)
-        return out
 
 
 def scalar_info(info: Any) -> dict[str, Any]:
@@ -165,76 +148,77 @@ class VectorActor:
             raise ValueError(f"episode_ids must be distinct, got {queue}")
         batch: EnvBatch = as_env_batch(envs, obs_adapter)
         queue.reverse()  # pop() from the end = the given order
-        episodes = _Episodes(self, batch, queue, seed)
-        started = episodes.start(batch.ids)
+        book = EpisodeBook(batch, queue, seed, record)
+        started = self._start(book, range(len(batch.ids)))
         if started is not None:
             yield started
+        ex = self.executor
+        by_dict = _act_overridden(ex)
         steps = 0
-        while episodes.running:
+        while book.order:
             if before_step is not None:
                 before_step(steps)
-            running, obs = episodes.running, episodes.obs
-            actions = self.executor.act({e: obs[e] for e in running})
-            results = batch.step(actions)
-            finished = []
-            for e, res in results.items():
-                ep = running[e]
-                ep.ret += res.reward
-                ep.actions.append(np.asarray(actions[e]))
-                if record:
-                    ep.observations.append(obs[e])
-                    ep.rewards.append(res.reward)
-                    ep.versions.append(self.executor.action_version(e))
-                obs[e] = res.obs
-                if res.terminated or res.truncated:
-                    finished.append(e)
-                    yield self._metrics(e, ep, res, record)
-            for e in finished:
-                del running[e]
-                obs.pop(e, None)
-            started = episodes.start(finished)
-            if started is not None:
-                yield started
+            pos, ids = book.running()
+            obs = book.observations(pos)
+            if by_dict:
+                actions = _act_by_dict(ex, ids, obs)
+            else:
+                actions = ex.act_batch(ids, obs, defer=batch.overlaps)
+            batch.send(pos, actions)
+            try:
+                ex.flush()  # the policy call the executor deferred, while the envs step
+            finally:
+                res = batch.receive()
+            versions = ex.action_versions(ids) if record else None
+            ended = book.step(pos, obs, actions, res, versions)
+            if ended:
+                for p in ended:
+                    yield self._metrics(book, p, res)
+                book.end(ended)
+                started = self._start(book, ended)
+                if started is not None:
+                    yield started
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 break
 
-    def _metrics(self, e: Hashable, ep: _Running, res: Any, record: bool) -> EpisodeMetrics:
+    def _start(self, book: EpisodeBook, positions: Iterable[int]) -> EpisodesStarted | None:
+        """Start the next queued episodes on the free envs at ``positions`` (executor and
+        policy state reset, noise and env seeded)."""
+        chosen = book.begin(positions)
+        if not chosen:
+            return None
+        ids = [book.batch.ids[p] for p in chosen]
+        episodes = book.episode[chosen].tolist()
+        self.executor.reset(ids)
+        self.policy.set_env_seeds(
+            {e: episode_noise_seed(book.seed, j) for e, j in zip(ids, episodes)}
+        )
+        book.started(chosen, book.batch.reset_rows(chosen, [book.seed + j for j in episodes]))
+        return EpisodesStarted(episodes)
+
+    def _metrics(self, book: EpisodeBook, p: int, res: StepArrays) -> EpisodeMetrics:
+        e = book.batch.ids[p]
+        info = res.info(p)
         stats = self.executor.episode_stats(e)
-        success = res.info.get("success")
+        success = info.get("success")
+        j = int(book.episode[p])
         return EpisodeMetrics(
-            episode=ep.episode, env_id=e, seed=ep.seed, episode_return=ep.ret,
-            length=len(ep.actions), success=None if success is None else bool(success),
-            jerk=action_jerk(np.stack(ep.actions)), held_steps=stats["held_steps"],
-            requests=stats["requests"], truncated=res.truncated and not res.terminated,
-            weight_version=self.executor.action_version(e), info=scalar_info(res.info),
-            trajectory=ep.trajectory() if record else None,
+            episode=j, env_id=e, seed=book.seed + j, episode_return=float(book.ret[p]),
+            length=int(book.length[p]), success=None if success is None else bool(success),
+            jerk=action_jerk(book.episode_actions(p)), held_steps=stats["held_steps"],
+            requests=stats["requests"],
+            truncated=bool(res.truncated[p]) and not bool(res.terminated[p]),
+            weight_version=self.executor.action_version(e), info=scalar_info(info),
+            trajectory=book.trajectory(p) if book.record else None,
         )  # fmt: skip
 
 
-class _Episodes:
-    """The episodes of one ``VectorActor.stream`` call: the queue of episode ids still to run,
-    the running episode of each env and each env's last observation."""
+def _act_overridden(ex: ChunkExecutor) -> bool:
+    """True when ``act`` was replaced (on the class or the instance): then the actor calls it."""
+    return type(ex).act is not ChunkExecutor.act or "act" in vars(ex)
 
-    def __init__(self, actor: VectorActor, batch: EnvBatch, queue: list[int], seed: int) -> None:
-        self.actor, self.batch, self.queue, self.seed = actor, batch, queue, seed
-        self.running: dict[Hashable, _Running] = {}
-        self.obs: dict[Hashable, dict[str, np.ndarray]] = {}
 
-    def start(self, ids: Iterable[Hashable]) -> EpisodesStarted | None:
-        """Start the next queued episodes on the free envs ``ids`` (reset with their seeds)."""
-        seeds = {}
-        for e in ids:
-            if not self.queue:
-                break
-            j = self.queue.pop()
-            self.running[e] = _Running(j, self.seed + j)
-            seeds[e] = self.seed + j
-        if not seeds:
-            return None
-        self.actor.executor.reset(list(seeds))
-        self.actor.policy.set_env_seeds(
-            {e: episode_noise_seed(self.seed, self.running[e].episode) for e in seeds}
-        )
-        self.obs.update(self.batch.reset(seeds))
-        return EpisodesStarted([self.running[e].episode for e in seeds])
+def _act_by_dict(ex: ChunkExecutor, ids: list[Hashable], obs: dict[str, np.ndarray]) -> np.ndarray:
+    out = ex.act({e: {k: np.array(v[j]) for k, v in obs.items()} for j, e in enumerate(ids)})
+    return np.stack([np.asarray(out[e]) for e in ids])

@@ -83,18 +83,25 @@ class LeRobotRobot(Robot):
                 f"(action_features: {dict(robot.action_features)})"
             )
         self.action_names: list[str] = list(action["names"])
-        adim = len(self.action_names)
-        lo = np.full(adim, -np.inf) if low is None else np.asarray(low, np.float64).reshape(-1)
-        hi = np.full(adim, np.inf) if high is None else np.asarray(high, np.float64).reshape(-1)
-        if lo.shape != (adim,) or hi.shape != (adim,):
-            raise ValueError(f"low/high: expected {adim} values, got {lo.shape} and {hi.shape}")
-        self.action_space = gym.spaces.Box(
-            lo.astype(np.float32), hi.astype(np.float32), (adim,), np.float32
-        )
+        self.set_limits(low, high)
         self.clock = clock or Clock()
         self.sent = 0  # send_action calls
         self.connected_here = False
         self._held = False
+
+    def set_limits(self, low: np.ndarray | None, high: np.ndarray | None) -> None:
+        """The action bounds the safety filter clips to (None: unbounded on that side)."""
+        adim = len(self.action_names)
+        lo = np.full(adim, -np.inf) if low is None else np.asarray(low, np.float64).reshape(-1)
+        hi = np.full(adim, np.inf) if high is None else np.asarray(high, np.float64).reshape(-1)
+        if lo.shape != (adim,) or hi.shape != (adim,):
+            raise ValueError(
+                f"robot {self.robot_type!r} takes {adim} action values: low/high need {adim} "
+                f"each, got {lo.shape[0]} and {hi.shape[0]}"
+            )
+        self.action_space = gym.spaces.Box(
+            lo.astype(np.float32), hi.astype(np.float32), (adim,), np.float32
+        )
 
     # ------------------------------------------------------------------ features
     def features(self) -> dict[str, Feature]:

@@ -6,18 +6,21 @@ One registry (``EXECUTORS``) serves every runtime. An executor is two things:
   says how a request conditions on each env's remainder (None: plain ``predict``; ``"guided"``,
   ``"prefix"`` or ``"blend"``: a :class:`~envactor.chunking.GuidanceRequest`). The vector
   actor, the real-time controller and the policy server's requests all go through it;
-- the per-env execution rules (``_wants``, ``_deliver``, ``_start_index``, ``_next_action``,
-  ``_ran_out``) over an :class:`EnvState` counted in control steps. :meth:`ChunkExecutor.act`
-  drives them with a simulated delay; the real-time controller drives the same rules with the
-  delays it measures.
+- the execution rules, counted in control steps, in two forms that say the same: per env
+  (``_wants``, ``_deliver``, ``_start_index``, ``_next_action``, ``_ran_out`` over an
+  :class:`EnvState`: the plugin API, and what the real-time controller drives with the delays it
+  measures) and over arrays by env slot (``_wants_slots``, ``_deliver_slots``, ...: what
+  :meth:`ChunkExecutor.act` runs for the built-ins). A subclass that overrides a per-env rule
+  without its array form runs its per-env rules (``envactor.runtime.executors.per_env``).
 
 A plugin registers a subclass (``@EXECUTORS.register("name")``) and it works in all three.
 
-One executor instance serves many envs and keeps its state per env id. Every ``act`` call is one
-control step: envs whose chunk is due ask for a new one and exactly those envs go to the policy
-in ONE batched call (envs that reset at different times replan at different times). For a policy
-with observation history (``n_obs_steps > 1``) the other envs' observations go to
-``policy.observe`` in one batched call, so each env's history holds every step.
+One executor instance serves many envs; each env id gets a slot in the state arrays the first
+time it is seen, until it is reset. Every ``act`` call is one control step: envs whose chunk is
+due ask for a new one and exactly those envs go to the policy in ONE batched call (envs that
+reset at different times replan at different times). For a policy with observation history
+(``n_obs_steps > 1``) the other envs' observations go to ``policy.observe`` in one batched call,
+so each env's history holds every step.
 
 Simulated inference delay (d in docs/chunking.md's notation): a chunk requested at local step t from
 the observation at t becomes usable at step t + d, and the env keeps stepping meanwhile (what
@@ -28,7 +31,6 @@ available at once: a robot waits at rest for its first plan; the delay applies t
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +45,12 @@ from envactor.chunking.request import (
 from envactor.policy.base import Policy
 from envactor.policy.modes import stack_observations
 from envactor.registry import Registry
+from envactor.runtime.executors.per_env import act_per_env, states_of
+from envactor.runtime.executors.slot_path import Fields, SlotPath
+from envactor.runtime.executors.slots import Selection, SlotTable
+from envactor.runtime.executors.state import EnvState, Pending
+
+__all__ = ["EXECUTORS", "ChunkExecutor", "EnvId", "EnvState", "Fields", "Pending", "make_executor"]
 
 EnvId = Hashable
 
@@ -51,36 +59,22 @@ EXECUTORS: Registry[type[ChunkExecutor]] = Registry(
     "executor", entry_point_group="envactor.executors"
 )
 
-
-@dataclass
-class Pending:
-    """A chunk in flight: usable from local step ``ready`` on; predicted at step ``t0`` by the
-    policy's weights of version ``version`` (the real-time controller fills ``chunk`` and
-    ``ready`` when the chunk arrives)."""
-
-    ready: float
-    t0: int
-    chunk: np.ndarray
-    version: int = 0
+PER_ENV_RULES = ("_wants", "_deliver", "_start_index", "_next_action", "_remainder", "_request")
+"""The per-env rules that ``act`` would otherwise run in array form."""
 
 
-@dataclass
-class EnvState:
-    """Per-env execution state. ``idx`` is the index into ``chunk`` of the next action."""
-
-    t: int = 0
-    chunk: np.ndarray | None = None
-    idx: int = 0
-    pending: list[Pending] = field(default_factory=list)
-    last_action: np.ndarray | None = None
-    held_steps: int = 0
-    requests: int = 0
-    live: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (t0, chunk), ensembles
-    version: int = 0  # weight version of the installed chunk (ensembles: the newest)
-    action_version: int = 0  # weight version that produced the last action
+def _defined_by(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
 
 
-class ChunkExecutor:
+def _has_array_rules(cls: type) -> bool:
+    """True when every per-env rule of ``cls`` comes from a class that also gives its array
+    form (the nearest class in the MRO that declares ``_slot_rules``, or one above it)."""
+    owner = next(c for c in cls.__mro__ if c.__dict__.get("_slot_rules"))
+    return all(_defined_by(cls, rule) in owner.__mro__ for rule in PER_ENV_RULES)
+
+
+class ChunkExecutor(SlotPath):
     """Base class; subclasses decide when to ask, how to ask and what to execute.
 
     Args:
@@ -95,6 +89,7 @@ class ChunkExecutor:
     Class settings: ``method`` (None, ``"guided"``, ``"prefix"`` or ``"blend"``), ``jacobian``
     and ``holds_while_waiting`` (True when the rules hold the last action while a chunk is in
     flight, as ``sync`` does: the real-time health check then allows more held steps).
+    ``vectorized`` (set per class) says whether ``act`` runs the array rules.
 
     ``before_request``, when set, is called right before each batched policy call: the one
     point between chunks where new weights can be loaded (``envactor.distributed`` does).
@@ -104,6 +99,16 @@ class ChunkExecutor:
     method: ClassVar[GuidanceMethod | None] = None
     jacobian: ClassVar[Jacobian] = DEFAULT_JACOBIAN
     holds_while_waiting: ClassVar[bool] = False
+    vectorized: ClassVar[bool] = True
+    _slot_rules: ClassVar[bool] = True  # this class gives the array form of its rules
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.vectorized = _has_array_rules(cls)
+        if "_first_action_now" not in cls.__dict__ and (
+            "_next_actions" in cls.__dict__ or "_start_slots" in cls.__dict__
+        ):
+            cls._first_action_now = False  # array rules of its own: no shortcut
 
     def __init__(
         self,
@@ -125,12 +130,17 @@ class ChunkExecutor:
         self.delay = int(delay)
         self.s = s
         self.horizon = horizon
+        self.action_dim = int(policy.params.action_dim)
         self.explore = explore
         self.schedule = schedule
         self.max_guidance_weight = float(max_guidance_weight)
-        self._envs: dict[EnvId, EnvState] = {}
         self.before_request: Callable[[], None] | None = None
         self._observes = getattr(policy, "n_obs_steps", 1) > 1
+        self._table = SlotTable()
+        self._arr = self._new_arrays()
+        self._states: dict[int, EnvState] = {}  # the per-env path's state, by slot
+        self._deferred: tuple[Selection, list[EnvId], dict[str, Any], Any, Any] | None = None
+        self._in_flight = 0  # chunks in flight over all slots (none: nothing to deliver)
         if self.method is not None:  # the settings fail here, not at the first replan
             self.guidance([np.zeros((0, policy.params.action_dim), np.float32)], [0])
         if self.method == "prefix" and not policy.can_prefix():
@@ -138,6 +148,11 @@ class ChunkExecutor:
                 f"executor {self.name!r} needs a policy with training-time RTC (the hook "
                 f"_prefix_chunk, e.g. flow with prefix_max_delay > 0); got policy {policy.name!r}"
             )
+
+    @property
+    def _envs(self) -> dict[EnvId, int]:
+        """Env id -> slot of every env with state."""
+        return self._table.index
 
     # ------------------------------------------------------------------ the policy call
     def guidance(
@@ -168,61 +183,104 @@ class ChunkExecutor:
     # ------------------------------------------------------------------ public
     def act(self, obs: Mapping[EnvId, Mapping[str, Any]]) -> dict[EnvId, np.ndarray]:
         """``{env_id: obs}`` -> ``{env_id: action}`` for one control step of each env."""
-        states = {e: self._envs.setdefault(e, EnvState()) for e in obs}
-        for st in states.values():
-            self._deliver(st)
-        asking = [e for e, st in states.items() if self._wants(st)]
-        if self._observes and len(asking) < len(states):
-            replanning = set(asking)
-            quiet = [e for e in states if e not in replanning]
-            ids, batch = stack_observations({e: obs[e] for e in quiet}, self._keys())
-            self.policy.observe(batch, env_ids=ids)
-        if asking:
-            if self.before_request is not None:
-                self.before_request()
-            version = int(self.policy.weight_version)
-            chunks = self._request(asking, {e: obs[e] for e in asking}, states)
-            for e, chunk in zip(asking, chunks):
-                st = states[e]
-                first = st.chunk is None and not st.pending
-                ready = st.t + (0 if first else self.delay)
-                st.pending.append(Pending(ready, st.t, chunk, version))
-                st.requests += 1
-                self._deliver(st)
-        out = {}
-        for e, st in states.items():
-            action = self._next_action(st)
-            if action is None:  # nothing to execute: zero-order hold of the last command
-                st.held_steps += 1
-                action = st.last_action if st.last_action is not None else self._rest_action()
-            else:
-                st.action_version = st.version
-            st.last_action = action
-            st.t += 1
-            out[e] = action
-        return out
+        self.flush()
+        ids = list(obs)
+        if not ids:
+            return {}
+        if not self.vectorized:
+            return dict(zip(ids, act_per_env(self, ids, [obs[e] for e in ids])))
+        keys = self._keys()
+
+        def take(pos: np.ndarray | None) -> dict[str, np.ndarray]:
+            chosen = ids if pos is None else [ids[j] for j in pos]
+            return stack_observations({e: obs[e] for e in chosen}, keys)[1]
+
+        return dict(zip(ids, self._act_arrays(ids, take, False)))
+
+    def act_batch(
+        self, env_ids: Sequence[EnvId], obs: Mapping[str, Any], *, defer: bool = False
+    ) -> np.ndarray:
+        """One control step of ``env_ids`` with their observations batched (``obs[key]`` is
+        ``(B, ...)``, row j for ``env_ids[j]``): their actions ``(B, A)``, the results of
+        :meth:`act`.
+
+        ``defer=True`` lets the policy call wait until :meth:`flush` when no env needs the new
+        chunks at this step (every replan has d >= 1 steps of delay): the caller steps the envs
+        meanwhile (an asynchronous vector env). The next call flushes first in any case."""
+        self.flush()
+        ids = list(env_ids)
+        if not ids:
+            return np.zeros((0, self.action_dim), np.float32)
+        if not self.vectorized:
+            rows = [{k: v[j] for k, v in obs.items()} for j in range(len(ids))]
+            return np.stack(act_per_env(self, ids, rows))
+        keys = self._keys()
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise KeyError(
+                f"executor {self.name!r}: observations are missing keys {missing}; expected the "
+                f"policy's input features {keys}, got {sorted(obs)}"
+            )
+
+        def take(pos: np.ndarray | None) -> dict[str, np.ndarray]:
+            if pos is None:  # the policy gets arrays of its own, as from act()
+                return {k: np.array(obs[k]) for k in keys}
+            return {k: np.asarray(obs[k])[pos] for k in keys}
+
+        return self._act_arrays(ids, take, defer)
+
+    def flush(self) -> None:
+        """Run the policy call that :meth:`act_batch` deferred, if any."""
+        job = self._deferred
+        if job is not None:
+            self._deferred = None
+            rows, ids, batch, request, where = job
+            self._fill_slots(rows, self._call(batch, ids, request), where)
 
     def reset(self, env_ids: Sequence[EnvId] | None = None) -> None:
         """Forget the state of ``env_ids`` only (all when None), policy per-env state included."""
-        if env_ids is None:
-            self._envs.clear()
-        else:
-            for e in env_ids:
-                self._envs.pop(e, None)
-        self.policy.reset(env_ids)
+        self.flush()
+        ids = None if env_ids is None else list(env_ids)
+        freed = self._table.release(ids)
+        if ids is None:
+            self._arr = self._new_arrays()
+            self._states.clear()
+            self._in_flight = 0
+        elif freed:
+            self._in_flight -= self._in_flight_slots(np.array(freed, np.int64))
+            self._arr.clear(freed)
+            for s in freed:
+                self._states.pop(s, None)
+        self.policy.reset(ids)
 
     def action_version(self, env_id: EnvId) -> int:
         """Weight version of the chunk that produced ``env_id``'s last action (held: the
         version of the action being held)."""
-        st = self._envs.get(env_id)
-        return 0 if st is None else st.action_version
+        slot = self._table.get(env_id)
+        if slot is None:
+            return 0
+        if not self.vectorized:
+            return self._states.get(slot, EnvState()).action_version
+        return int(self._arr.action_version[slot])
+
+    def action_versions(self, env_ids: Sequence[EnvId]) -> np.ndarray:
+        """:meth:`action_version` of each of ``env_ids`` (that took a step), as an array."""
+        if not self.vectorized:
+            return np.array([st.action_version for st in states_of(self, env_ids)], np.int64)
+        return self._arr.action_version[self._table.lookup(env_ids)[0]]
 
     def episode_stats(self, env_id: EnvId) -> dict[str, int]:
         """Counters of the env's current episode: held steps and chunk requests."""
-        st = self._envs.get(env_id, EnvState())
-        return {"held_steps": st.held_steps, "requests": st.requests}
+        slot = self._table.get(env_id)
+        if slot is None:
+            return {"held_steps": 0, "requests": 0}
+        if not self.vectorized:
+            st = self._states.get(slot, EnvState())
+            return {"held_steps": st.held_steps, "requests": st.requests}
+        arr = self._arr
+        return {"held_steps": int(arr.held[slot]), "requests": int(arr.requests[slot])}
 
-    # ------------------------------------------------------------------ strategy hooks
+    # ------------------------------------------------------------------ per-env rules
     def _wants(self, st: EnvState) -> bool:
         """Ask for a chunk now? Default: none in flight, and none yet or s actions executed."""
         return not st.pending and (st.chunk is None or st.idx >= self.s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from envactor.runtime.executors.base import EXECUTORS, ChunkExecutor, EnvState, Pending
+from envactor.runtime.executors.slots import Selection, rows_of
 
 
 @EXECUTORS.register("sync")
@@ -15,6 +16,8 @@ class SyncExecutor(ChunkExecutor):
 
     name = "sync"
     holds_while_waiting = True
+    _slot_rules = True
+    _first_action_now = True  # a new chunk runs from index 0, nothing in flight
 
     def _start_index(self, st: EnvState, p: Pending) -> int:
         return 0
@@ -28,3 +31,15 @@ class SyncExecutor(ChunkExecutor):
 
     def _ran_out(self, st: EnvState) -> bool:
         return False  # holding while the next chunk is computed is the rule, not a miss
+
+    # the same rules over slots
+    def _start_slots(self, rows: Selection, t0: np.ndarray) -> int:
+        return 0
+
+    def _next_actions(self, sel: Selection) -> tuple[np.ndarray, np.ndarray]:
+        arr = self._arr
+        idx = arr.idx[sel]
+        valid = ~arr.pend[sel] & arr.has_chunk[sel] & (idx < self.s)
+        actions = arr.chunk[rows_of(sel), np.minimum(idx, self.horizon - 1)]
+        arr.idx[sel] = idx + valid
+        return actions, valid

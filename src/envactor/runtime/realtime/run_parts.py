@@ -58,10 +58,10 @@ def lerobot_robot(args: argparse.Namespace, policy: Any) -> tuple[Any, Any]:
 
     stats = policy.normalizer.stats.get("action", {}) if policy.normalizer is not None else {}
     limits = limits_from_stats(stats, args.limit_margin)
-    lerobot = make_robot(args.robot, args.robot_module, args.robot_opt)
+    robot = LeRobotRobot(make_robot(args.robot, args.robot_module, args.robot_opt))
+    unused = check_robot_fits(policy, robot)  # before the limits: a mismatch names both sides
     delta = args.max_delta
     if limits is None:
-        robot = LeRobotRobot(lerobot)
         print(
             "envactor run: warning: the checkpoint has no action stats (min/max or q01/q99): "
             "actions are not clipped (only the robot's own limits apply)",
@@ -70,18 +70,19 @@ def lerobot_robot(args: argparse.Namespace, policy: Any) -> tuple[Any, Any]:
         delta = None if delta == AUTO else delta
     else:
         low, high, which = limits
-        robot = LeRobotRobot(lerobot, low=low, high=high)
+        robot.set_limits(low, high)
         print(f"action limits: {which} of the checkpoint's actions +/- {args.limit_margin:g} "
               f"of the range: low {np.round(low, 4).tolist()}, "
               f"high {np.round(high, 4).tolist()}")  # fmt: skip
         delta = auto_max_delta(low, high) if delta == AUTO else delta
-    unused = check_robot_fits(policy, robot)
     if unused:
         print(f"robot features the policy does not read (recorded, not used): {unused}")
     return robot, delta
 
 
 def make_recorder(args: argparse.Namespace, robot: Any) -> Any:
+    """The ``--record`` dataset recorder for ``robot``: a LeRobot robot's own features (its
+    motor names), else the features of one observation read now."""
     from envactor.data.format import Feature
     from envactor.runtime.realtime.recorder import DatasetRecorder, observation_features
 
@@ -116,7 +117,7 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
         return 1
     tel = result.runs[-1]
     finished = getattr(sim, "episodes", len(result.runs))
-    report = {
+    summary = {
         "task": args.task or args.robot or args.robot_module,
         "policy": str(args.ckpt),
         **tel.to_dict(),
@@ -128,8 +129,9 @@ def report(args: argparse.Namespace, policy: Any, sim: Any, robot: Any, result: 
         "log": [str(f) for f in result.log_files],
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    title = f"envactor run {report['task']}: {policy.name}" + (" (DRY RUN)" if args.dry_run else "")
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    dry = " (DRY RUN)" if args.dry_run else ""
+    title = f"envactor run {summary['task']}: {policy.name}{dry}"
     table = new_table(title, {"metric": "left", "value": "left"})
     for key, value in tel.rows():
         table.add_row(key, value)

@@ -51,11 +51,10 @@ from envactor.runtime.serving.requests import (
     CTRL_KEY,
     InferRequest,
     RequestError,
+    RequestParser,
     decode_frame,
-    parse_observation,
-    parse_request,
 )
-from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, WireError, packb
+from envactor.runtime.serving.wire import CLIENT_HEADER, PROTOCOL, WireError, packer
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import Request, Response, ServerConnection
@@ -92,8 +91,9 @@ def error_text(error: Mapping[str, Any]) -> str:
     return f"{error.get('type', 'ServerError')}: {message}"
 
 
-def policy_metadata(policy: Policy) -> dict[str, Any]:
-    """What a client needs to know about ``policy`` (the first frame of every connection)."""
+def policy_metadata(policy: Policy, executors: Sequence[str] | None = None) -> dict[str, Any]:
+    """What a client needs to know about ``policy`` (the first frame of every connection);
+    ``executors``: the executor names to list (default ``EXECUTORS.names()``, read now)."""
     from envactor import __version__
 
     p = policy.params
@@ -111,7 +111,7 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
         "can_guide": policy.can_guide(),
         "can_prefix": policy.can_prefix(),
         "n_obs_steps": int(policy.n_obs_steps),
-        "executors": EXECUTORS.names(),
+        "executors": EXECUTORS.names() if executors is None else list(executors),
     }
 
 
@@ -185,6 +185,7 @@ class PolicyServer:
         self._open = 0
         self._per_key: dict[int, int] = {}  # key index -> open connections
         self._batcher: Batcher | None = None
+        self._parser: RequestParser | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._decoder: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +245,8 @@ class PolicyServer:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # the checks of this policy's frames, prepared once (reads the executor plugins' names)
+        self._parser = RequestParser(self.policy.input_features, self.policy.action_shape)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="envactor-infer")
         self._decoder = ThreadPoolExecutor(2, thread_name_prefix="envactor-decode")
         self._batcher = Batcher(
@@ -393,10 +396,12 @@ class PolicyServer:
         clock = asyncio.get_running_loop().time
         idle = [math.inf]  # when it began waiting for a frame (see _watch_idle)
         watchdog: asyncio.Task[None] | None = None
+        pack = packer()  # this connection's loop packs its frames with one reused packer
         try:
-            meta = policy_metadata(self.policy)
+            assert self._parser is not None
+            meta = policy_metadata(self.policy, self._parser.executor_names())
             meta.update(env_id=env_id, max_batch=self.max_batch)
-            await conn.send(packb(meta))
+            await conn.send(pack(meta))
             if self.idle_timeout_s is not None:
                 watchdog = asyncio.create_task(self._watch_idle(conn, env_id, idle))
             while True:
@@ -405,8 +410,8 @@ class PolicyServer:
                 idle[0] = math.inf  # answering does not count as idle
                 reply = await self._reply(message, env_id)
                 error = reply.get("error")
-                if typed or not isinstance(error, Mapping):
-                    await conn.send(packb(reply))
+                if error is None or typed or not isinstance(error, Mapping):
+                    await conn.send(pack(reply))
                 else:  # openpi's convention: an error is a text frame (the connection stays)
                     await conn.send(error_text(error))
         except ConnectionClosed:
@@ -433,18 +438,19 @@ class PolicyServer:
     ) -> InferRequest | tuple[Mapping[str, Any], dict[str, np.ndarray] | None]:
         """Decode and validate one binary frame (any thread): a request, or a control frame
         with its parsed observation (``observe``). Raises RequestError."""
+        parser = self._parser
+        if parser is None:  # not serving (a direct call): the checks of the policy as it is now
+            parser = RequestParser(self.policy.input_features, self.policy.action_shape)
         try:
             msg = decode_frame(message)
         except WireError as exc:
             raise RequestError("DecodeError", str(exc)) from None
-        if isinstance(msg, Mapping) and CTRL_KEY in msg:
+        if isinstance(msg, dict | Mapping) and CTRL_KEY in msg:
             obs = None
             if msg[CTRL_KEY] == "observe":
-                obs = parse_observation(msg, self.policy.input_features)
+                obs = parser.observation(msg)
             return msg, obs
-        return parse_request(
-            msg, env_id, self.policy.input_features, self.policy.action_shape, arrived
-        )
+        return parser.request(msg, env_id, arrived)
 
     async def _reply(self, message: str | bytes, env_id: int) -> Reply:
         """The reply to one frame; every refusal is an error reply, never an exception."""
@@ -468,7 +474,8 @@ class PolicyServer:
             log.exception("request of env %s failed", env_id)
             return RequestError("ServerError", f"{type(exc).__name__}: {exc}").reply()
         assert self._batcher is not None
-        return await self._batcher.submit(parsed)
+        reply = self._batcher.answer_now(parsed)  # a lone request of a cheap policy: no future
+        return reply if reply is not None else await self._batcher.submit(parsed)
 
     async def _control(
         self, msg: Mapping[str, Any], obs: dict[str, np.ndarray] | None, env_id: int

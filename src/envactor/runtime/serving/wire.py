@@ -13,7 +13,7 @@ and nothing is ever unpickled. msgpack extension types are refused too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -26,6 +26,7 @@ __all__ = [
     "PROTOCOL",
     "WireError",
     "packb",
+    "packer",
     "unpackb",
 ]
 
@@ -61,16 +62,17 @@ def _allowed(dtype: np.dtype, where: str) -> np.dtype:
     return dtype
 
 
+_WIRE_STR = {dt: dt.str for dt in ALLOWED_DTYPES.values()}
+"""Allowed dtype -> the ``dtype.str`` it travels as (one lookup instead of the checks)."""
+
+
 def _encode(obj: Any) -> Any:
     """msgpack ``default`` hook: ndarray / numpy scalar -> the openpi map; anything else refused."""
     if isinstance(obj, np.ndarray):
-        dtype = _allowed(obj.dtype, "encode ndarray")
-        return {
-            _ND: True,
-            b"data": np.ascontiguousarray(obj).tobytes(),
-            b"dtype": dtype.str,
-            b"shape": list(obj.shape),
-        }
+        name = _WIRE_STR.get(obj.dtype)
+        if name is None:  # refused (the error says which dtype and why), or an unusual alias
+            name = _allowed(obj.dtype, "encode ndarray").str
+        return {_ND: True, b"data": obj.tobytes(), b"dtype": name, b"shape": obj.shape}
     if isinstance(obj, np.generic):
         dtype = _allowed(obj.dtype, "encode numpy scalar")
         return {_NG: True, b"data": obj.item(), b"dtype": dtype.str}
@@ -86,6 +88,13 @@ def packb(obj: Any) -> bytes:
     return out
 
 
+def packer() -> Callable[[Any], bytes]:
+    """:func:`packb` with one reusable ``msgpack.Packer`` (the same bytes, without building a
+    packer per frame); for one thread only (each server connection loop makes its own)."""
+    pack: Callable[[Any], bytes] = msgpack.Packer(default=_encode, use_bin_type=True).pack
+    return pack
+
+
 def _dtype_of(value: Any, where: str) -> np.dtype:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -97,27 +106,30 @@ def _dtype_of(value: Any, where: str) -> np.dtype:
 
 
 def _decode_ndarray(obj: Mapping[Any, Any]) -> np.ndarray:
-    dtype = _dtype_of(obj.get(b"dtype"), "ndarray")
+    name = obj.get(b"dtype")
+    dtype = ALLOWED_DTYPES.get(name) if type(name) is str else None
+    if dtype is None:
+        dtype = _dtype_of(name, "ndarray")  # a bytes name, or raises saying what came
     data, shape = obj.get(b"data"), obj.get(b"shape")
     if not isinstance(data, bytes):
         raise WireError(f"ndarray: 'data' must be bytes (msgpack bin), got {type(data).__name__}")
-    if (
-        not isinstance(shape, list | tuple)
-        or len(shape) > MAX_NDIM
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-    ):
+    dims = tuple(shape) if isinstance(shape, list | tuple) and len(shape) <= MAX_NDIM else None
+    count = 1
+    for n in dims or ():
+        if type(n) is not int or n < 0:  # msgpack's integers are int; True is a bool
+            dims = None
+            break
+        count *= n
+    if dims is None:
         raise WireError(
             f"ndarray: 'shape' must be a list of at most {MAX_NDIM} integers >= 0, got {shape!r}"
         )
-    count = 1
-    for n in shape:
-        count *= n
     if count * dtype.itemsize != len(data):
         raise WireError(
-            f"ndarray: shape {list(shape)} of {dtype} needs {count * dtype.itemsize} bytes, "
+            f"ndarray: shape {list(dims)} of {dtype} needs {count * dtype.itemsize} bytes, "
             f"got {len(data)}"
         )
-    return np.ndarray(buffer=data, dtype=dtype, shape=tuple(shape))
+    return np.ndarray(dims, dtype, data)  # (shape, dtype, buffer): read-only, no copy
 
 
 def _decode_generic(obj: Mapping[Any, Any]) -> np.generic:
@@ -133,9 +145,9 @@ def _decode_generic(obj: Mapping[Any, Any]) -> np.generic:
 
 
 def _object_hook(obj: dict[Any, Any]) -> Any:
-    if obj.get(_ND) is True:
+    if _ND in obj and obj[_ND] is True:
         return _decode_ndarray(obj)
-    if obj.get(_NG) is True:
+    if _NG in obj and obj[_NG] is True:
         return _decode_generic(obj)
     return obj
 
