@@ -27,6 +27,7 @@ import torch
 
 from envactor import Policy, build_policy
 from envactor.normalize import Normalizer
+from envactor.policy.acting import ActingBoundary
 from envactor.runtime.actor import VectorActor
 from envactor.runtime.executors import ChunkExecutor, EnvState, make_executor
 from envactor.runtime.executors.base import Pending
@@ -315,6 +316,19 @@ def run_actor(case: str) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- the tests
+def _unguarded(self: Any, chunk: torch.Tensor, *args: Any) -> torch.Tensor:
+    return chunk
+
+
+@pytest.fixture(autouse=True)
+def no_guided_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture predates the guard on guided chunks (``envactor.policy.guard``): the random
+    flow's guided chunks here leave its action range, which the guard replaces by the plain
+    sample. The executors are what this file pins, so their guided chunks go unguarded here,
+    as when the fixture was written (tests/test_guided_guard.py tests the guard)."""
+    monkeypatch.setattr(ActingBoundary, "_guard_guided", _unguarded)
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
     with np.load(FIXTURE, allow_pickle=False) as data:
@@ -361,7 +375,9 @@ def test_golden_covers_every_builtin_and_is_not_trivial(golden: dict) -> None:  
     keys = [str(k) for k in golden["exec_keys"]]
     assert keys == [case_key(*c) for c in executor_cases()]
     builtins = [n for n in EXECUTORS.names() if EXECUTORS.get(n).__module__.startswith("envactor.")]
-    assert set(builtins) == {*BUILTINS, "rtc_trained"} <= {k.split("/")[1] for k in keys}
+    # bid postdates the fixture: it runs naive_async's rules (pinned here) with a policy call of
+    # its own, pinned by tests/test_bid.py
+    assert set(builtins) - {"bid"} == {*BUILTINS, "rtc_trained"} <= {k.split("/")[1] for k in keys}
     # the cases differ: d, s and the executor show in the actions (equal where they must be:
     # at d = 0 naive_async, blend and rtc all switch at once)
     actions = golden["exec_actions"]
@@ -373,6 +389,7 @@ def test_golden_covers_every_builtin_and_is_not_trivial(golden: dict) -> None:  
 
 def write() -> None:
     torch.set_num_threads(1)
+    ActingBoundary._guard_guided = _unguarded  # type: ignore[method-assign]  # as the tests run
     cases = executor_cases()
     runs = [drive(*case) for case in cases]
     out: dict[str, np.ndarray] = {"exec_keys": np.array([case_key(*c) for c in cases])}
