@@ -32,6 +32,12 @@ from typing import Any
 import numpy as np
 
 from envactor import fsio
+from envactor.distributed.dagger_data import (
+    check_init_data,
+    read_dataset,
+    task_inputs,
+    write_dataset,
+)
 
 __all__ = ["CURVE_COLUMNS", "OnlineSettings", "train_online"]
 
@@ -160,63 +166,6 @@ def _load_state(out: Path) -> _State:
         raise ValueError(f"{path}: not an envactor online-learning state ({exc})") from None
 
 
-def _features(spec: dict[str, Any]) -> dict[str, Any]:
-    feats = {k: {"shape": v["shape"], "dtype": "float32"} for k, v in spec["observation"].items()}
-    feats["action"] = {"shape": [spec["action_dim"]], "dtype": "float32"}
-    return feats
-
-
-def _write_dataset(path: Path, episodes: list[dict[str, np.ndarray]], spec: dict[str, Any]) -> None:
-    from envactor.data import DatasetWriter
-
-    feats = _features(spec)
-    with DatasetWriter(path, feats, fps=spec["control_hz"], task=spec["env_id"],
-                       overwrite=True) as writer:  # fmt: skip
-        for ep in episodes:
-            writer.add_episode({**{k: ep[k] for k in feats}, "next.reward": ep["reward"]})
-
-
-def _read_dataset(path: Path, spec: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    """The task's columns of every episode at ``path`` (rewards as ``reward``)."""
-    from envactor.data import EpisodeDataset
-
-    ds = EpisodeDataset(path)
-    keys = [*_features(spec), "next.reward"]
-    return [
-        {("reward" if k == "next.reward" else k): v for k, v in ep.items()}
-        for ep in ds.iter_episodes(keys)
-    ]
-
-
-def check_init_data(root: Path, spec: dict[str, Any]) -> None:
-    """``root`` is a dataset with the task's observation features and action (a recording of
-    ``envactor run --record``, ``envactor collect``, LeRobot's); other columns are ignored."""
-    from envactor.data import open_dataset
-
-    ds = open_dataset(root)
-    want = {k: tuple(v["shape"]) for k, v in _features(spec).items()}
-    have = {k: tuple(ds.features[k].shape) for k in want if k in ds.features}
-    if have != want:
-        raise ValueError(
-            f"init_data {root}: DAgger on {spec['env_id']} needs the features {want}; the "
-            f"dataset has {have or 'none of them'} (of {sorted(ds.features)})"
-        )
-
-
-def _task_inputs(root: Path, spec: dict[str, Any]) -> str:
-    """The override that gives ``flow`` the task's observation features of ``root`` (with the
-    norms ``flow``'s config gives them)."""
-    from envactor.config import load_policy_config
-    from envactor.data import open_dataset
-    from envactor.policy.build import packaged_config
-    from envactor.train.from_dataset import features_from_dataset
-
-    declared = load_policy_config(packaged_config("flow")).params.get("input_features")
-    feats = features_from_dataset(open_dataset(root), declared)
-    task = {k: v for k, v in feats.items() if k in spec["observation"]}
-    return f"policy.params.input_features={json.dumps(task)}"
-
-
 def _bootstrap(s: OnlineSettings, spec: dict[str, Any], progress: bool) -> Path:
     """A weak starting policy: behaviour cloning, briefly trained, on ``init_data`` or else
     on a few expert episodes collected here."""
@@ -228,7 +177,7 @@ def _bootstrap(s: OnlineSettings, spec: dict[str, Any], progress: bool) -> Path:
     inputs: list[str] = []
     if s.init_data is not None:
         demos = Path(s.init_data)
-        inputs = [_task_inputs(demos, spec)]  # the task's observations, not a camera it has
+        inputs = [task_inputs(demos, spec)]  # the task's observations, not a camera it has
     else:
         collect(s.task, episodes=s.init_demos, out=demos, num_envs=s.num_envs, seed=s.seed,
                 overwrite=True, progress=progress,
@@ -283,17 +232,17 @@ def train_online(
         out.mkdir(parents=True, exist_ok=True)
         if policy0 is None:
             ckpt = _bootstrap(s, spec, progress)
-            demos = _read_dataset(Path(s.init_data or out / "data" / "demos"), spec)
+            demos = read_dataset(Path(s.init_data or out / "data" / "demos"), spec)
         else:
             ckpt = save_policy(policy0, out / "checkpoints" / f"v{policy0.weight_version:04d}")
             demos = []
         version0 = build_policy(ckpt).weight_version
         agg = out / "data" / "agg_0000"
         if demos:
-            _write_dataset(agg, demos, spec)
+            write_dataset(agg, demos, spec)
         state = _State(0, version0, str(ckpt.relative_to(out)), str(agg.relative_to(out)), [])
         state.save(out)
-    aggregate = _read_dataset(out / state.dataset, spec) if (out / state.dataset).exists() else []
+    aggregate = read_dataset(out / state.dataset, spec) if (out / state.dataset).exists() else []
     if s.workers > 0:
         init_ray(s.address)
     worker_kwargs = dict(
@@ -352,7 +301,7 @@ def _iterate(
             aggregate.append({**obs, "action": ep.expert_action,
                               "reward": ep.trajectory["reward"]})  # fmt: skip
         agg = out / "data" / f"agg_{it:04d}"
-        _write_dataset(agg, aggregate, spec)
+        write_dataset(agg, aggregate, spec)
         res = train(
             out / state.checkpoint, agg, out_dir=out / "train" / f"iter_{it:04d}",
             steps=s.train_steps, batch_size=s.batch_size, lr=s.lr, seed=s.seed + it,
